@@ -1,0 +1,1 @@
+"""decode stage of the rtpose data flow."""

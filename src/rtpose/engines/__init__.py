@@ -1,0 +1,5 @@
+"""Inference backends behind one interface (`Engine`)."""
+
+from rtpose.engines.base import Engine
+
+__all__ = ["Engine"]

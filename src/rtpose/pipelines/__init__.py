@@ -1,0 +1,1 @@
+"""pipelines stage of the rtpose data flow."""

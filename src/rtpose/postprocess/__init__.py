@@ -1,0 +1,1 @@
+"""postprocess stage of the rtpose data flow."""

@@ -1,0 +1,1 @@
+"""sinks stage of the rtpose data flow."""

@@ -1,0 +1,73 @@
+"""Plain typed results: what every pipeline returns.
+
+Coordinates are always in pixels of the original image; boxes are (x1, y1, x2, y2) in memory and
+(x, y, w, h) in JSON, as COCO writes them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+COCO_KEYPOINT_NAMES: tuple[str, ...] = (
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear",
+    "left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
+    "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle",
+)  # fmt: skip
+
+# 0-based pairs of COCO keypoints drawn as the skeleton.
+COCO_SKELETON: tuple[tuple[int, int], ...] = (
+    (15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7),
+    (6, 8), (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6),
+)  # fmt: skip
+
+
+@dataclass
+class Person:
+    """One person: a box and, for pose pipelines, keypoints.
+
+    bbox: (4,) float32 x1, y1, x2, y2. keypoints: (K, 2) float32 x, y. keypoint_scores: (K,) float32.
+    """
+
+    bbox: np.ndarray
+    score: float
+    keypoints: np.ndarray | None = None
+    keypoint_scores: np.ndarray | None = None
+    track_id: int | None = None
+
+    def to_json(self) -> dict:
+        x1, y1, x2, y2 = (float(v) for v in self.bbox)
+        out: dict = {"bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                     "score": round(float(self.score), 4)}
+        if self.track_id is not None:
+            out = {"id": int(self.track_id), **out}
+        if self.keypoints is not None:
+            scores = self.keypoint_scores if self.keypoint_scores is not None else np.ones(len(self.keypoints))
+            out["keypoints"] = [
+                [round(float(x), 2), round(float(y), 2), round(float(s), 4)]
+                for (x, y), s in zip(self.keypoints, scores, strict=True)
+            ]
+        return out
+
+
+@dataclass
+class ImageResult:
+    """Everything a pipeline found in one image, or why it could not look."""
+
+    file: str
+    width: int = 0
+    height: int = 0
+    people: list[Person] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_json(self) -> dict:
+        out: dict = {"file": self.file, "width": self.width, "height": self.height,
+                     "people": [p.to_json() for p in self.people]}
+        if self.error is not None:
+            out["error"] = self.error
+        return out

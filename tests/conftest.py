@@ -1,0 +1,51 @@
+"""Shared fixtures: where the real data lies, and GPU skipping."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("RTPOSE_DATA", REPO.parent / "shared" / "data")).resolve()
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _cuda_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device; run through the device tool")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The shared real data (images, weights, video). Missing data fails in CI and skips elsewhere."""
+    if not (DATA_DIR / "MANIFEST.md").is_file():
+        message = f"real data not found at {DATA_DIR} (set RTPOSE_DATA)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def models_dir(data_dir: Path) -> Path:
+    return data_dir / "models"
+
+
+@pytest.fixture(scope="session")
+def coco_val(data_dir: Path) -> tuple[Path, Path]:
+    """(annotation file, image folder) of the 60 real COCO val2017 images with keypoints."""
+    return (data_dir / "coco" / "annotations" / "person_keypoints_val2017_subset.json",
+            data_dir / "coco" / "val2017")
