@@ -1,0 +1,89 @@
+"""JSON sinks: round trips, atomic replacement, stdout."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rtpose.errors import RtposeError
+from rtpose.sinks import JsonlWriter, to_jsonable, write_json, write_jsonl
+from rtpose.types import ImageResult, Person
+
+
+def _result(name: str = "a.jpg") -> ImageResult:
+    person = Person(
+        bbox=np.array([10, 20, 110, 220], np.float32),
+        score=np.float32(0.875),
+        keypoints=np.arange(34, dtype=np.float32).reshape(17, 2),
+        keypoint_scores=np.linspace(0, 1, 17, dtype=np.float32),
+        track_id=4,
+    )
+    return ImageResult(file=name, width=640, height=480, people=[person, Person(bbox=np.zeros(4), score=0.1)])
+
+
+def test_json_round_trip_of_results(tmp_path: Path) -> None:
+    results = [_result("a.jpg"), ImageResult(file="b.jpg", error="corrupt")]
+    path = tmp_path / "out.json"
+    write_json(results, path)
+    loaded = json.loads(path.read_text())
+    assert loaded == [r.to_json() for r in results]
+    first = loaded[0]["people"][0]
+    assert first["id"] == 4 and first["bbox"] == [10.0, 20.0, 100.0, 200.0]
+    assert first["keypoints"][1] == [2.0, 3.0, pytest.approx(1 / 16, abs=1e-4)]
+    assert "keypoints" not in loaded[0]["people"][1]
+    assert loaded[1]["error"] == "corrupt"
+    assert oct(path.stat().st_mode & 0o777) == oct(0o644)
+
+
+def test_numpy_values_become_plain_json() -> None:
+    value = {"a": np.float32(1.5), "b": np.arange(3), "c": (1, np.int64(2)), 5: Path("x/y")}
+    assert to_jsonable(value) == {"a": 1.5, "b": [0, 1, 2], "c": [1, 2], "5": "x/y"}
+
+
+def test_write_is_atomic_and_leaves_no_temp_files(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.json"
+    write_json({"AP": 0.5}, path)
+    with pytest.raises(RtposeError, match="JSON"):
+        write_json({"AP": float("nan")}, path)  # NaN is not JSON: refused before anything is written
+    with pytest.raises(RtposeError, match="JSON"):
+        write_json({"x": object()}, path)
+    assert json.loads(path.read_text()) == {"AP": 0.5}  # the old file is intact
+    assert os.listdir(tmp_path) == ["metrics.json"]
+
+    def failing_records():
+        yield {"frame": 0}
+        raise RuntimeError("stream broke")
+
+    with pytest.raises(RuntimeError):
+        write_jsonl(failing_records(), tmp_path / "frames.jsonl")
+    assert os.listdir(tmp_path) == ["metrics.json"]  # a half-written JSONL never appears
+
+
+def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(RtposeError, match="does not exist"):
+        write_json({}, tmp_path / "no" / "such" / "file.json")
+
+
+def test_dash_means_stdout(capsys: pytest.CaptureFixture[str]) -> None:
+    write_json({"x": 1}, "-")
+    assert json.loads(capsys.readouterr().out) == {"x": 1}
+    assert write_jsonl([_result(), {"y": 2}], "-") == 2
+    lines = capsys.readouterr().out.splitlines()
+    assert json.loads(lines[0]) == _result().to_json() and json.loads(lines[1]) == {"y": 2}
+
+
+def test_jsonl_file_and_streaming_writer(tmp_path: Path) -> None:
+    path = tmp_path / "frames.jsonl"
+    assert write_jsonl(({"frame": i} for i in range(3)), path) == 3
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [{"frame": i} for i in range(3)]
+    with JsonlWriter(path, append=True) as writer:
+        writer.write(_result())
+        # each line is on disk as soon as it is written
+        assert json.loads(path.read_text().splitlines()[-1]) == _result().to_json()
+    assert writer.count == 1 and len(path.read_text().splitlines()) == 4
+    with pytest.raises(RtposeError, match="cannot open"):
+        JsonlWriter(tmp_path / "missing" / "x.jsonl")
