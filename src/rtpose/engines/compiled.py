@@ -1,0 +1,610 @@
+"""Compiled engines: our answer to a TensorRT engine, built with PyTorch's compiler stack.
+
+`build_engine` does what the TensorRT builder does, step by step:
+
+1. fold BatchNorm into convolutions (`engines.fold`), cast to fp32/fp16/bf16, channels_last weights;
+2. `torch.export` a wrapper that takes the float32 batch, casts it to the engine precision inside the
+   graph (Inductor fuses the cast into the first kernel) and returns float32 outputs for the decoders;
+   the batch dimension is dynamic (1..largest bucket), so one package serves every batch size;
+3. `torch._inductor.aoti_compile_and_package`: Inductor fuses conv epilogues (bias + activation,
+   residual adds) and, on CUDA, autotunes conv/GEMM kernels (`max_autotune`) for this very GPU;
+4. writes the `.pt2` package to the engine cache atomically under an exclusive lock, with a JSON
+   sidecar (`engines.engine_cache`) that ties it to weights, GPU, versions and precision.
+
+`CompiledEngine` loads a package after verifying it; on CUDA it captures one CUDA graph per batch
+bucket (1, 2, 4, ... max_batch) around the AOTInductor runner, so a forward costs one graph launch
+instead of one launch per kernel: a batch of n is copied into the smallest bucket >= n, the graph is
+replayed, and views of the first n rows of the static outputs are returned.
+
+Why one dynamic-batch package rather than one static package per bucket: the build (and, on CUDA,
+the autotuning) is paid once instead of once per bucket, and CUDA graphs already remove the launch
+overhead that shape-specialised code would otherwise hide. `dynamic_batch=False` builds a single
+static-batch package for measuring the difference (see `rtpose.benchmarks.engine_bench`).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from rtpose.engines import engine_cache
+from rtpose.engines.base import Engine
+from rtpose.engines.fold import fold_batchnorm
+from rtpose.engines.onnx_export import output_names_for
+from rtpose.errors import EngineError
+from rtpose.models.factory import LoadedModel
+from rtpose.models.spec import ModelSpec
+from rtpose.models.weights import sha256_file
+
+Precision = Literal["fp32", "fp16", "bf16"]
+PRECISION_DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+}
+
+#: Inductor options per device type; autotuning only pays off (and only exists for convs) on CUDA
+DEFAULT_INDUCTOR_OPTIONS: dict[str, dict[str, Any]] = {
+    "cuda": {
+        "max_autotune": True,
+        "max_autotune_conv_backends": "ATEN,TRITON",
+        "max_autotune_gemm_backends": "ATEN,TRITON",
+        "epilogue_fusion": True,
+    },
+    "cpu": {},
+}
+
+
+def default_buckets(max_batch: int) -> tuple[int, ...]:
+    """Powers of two up to `max_batch`, plus `max_batch` itself."""
+    if max_batch < 1:
+        raise EngineError(f"max_batch must be >= 1, got {max_batch}")
+    buckets = [1]
+    while buckets[-1] * 2 <= max_batch:
+        buckets.append(buckets[-1] * 2)
+    if buckets[-1] != max_batch:
+        buckets.append(max_batch)
+    return tuple(buckets)
+
+
+def weights_digest(module: nn.Module) -> str:
+    """sha256 over every parameter and buffer (names, shapes, dtypes, bytes): a weights id for the cache."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        data = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{tuple(tensor.shape)}:{data.dtype};".encode())
+        digest.update(data.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def resolve_output_names(
+    spec: ModelSpec, outputs: Any, override: Sequence[str] | None = None
+) -> tuple[str, ...]:
+    """Names of the network's outputs: the override, dict keys, or the spec's (as ONNX export names them)."""
+    if isinstance(outputs, torch.Tensor):
+        count = 1
+    elif isinstance(outputs, Mapping | tuple | list):
+        count = len(outputs)
+    else:
+        raise EngineError(f"{spec.name}: network returned {type(outputs).__name__}, expected tensors")
+    if override is not None:
+        names = tuple(override)
+    elif isinstance(outputs, Mapping):
+        names = tuple(outputs)
+    else:
+        try:
+            names = output_names_for(spec)
+        except EngineError:
+            names = ("output",) if count == 1 else tuple(f"output{i}" for i in range(count))
+    if len(names) != count:
+        raise EngineError(f"{spec.name}: the network has {count} outputs but the names are {names}")
+    return names
+
+
+class _EngineWrapper(nn.Module):
+    """float32 batch in -> network in `dtype` -> tuple of float32 outputs in `output_names` order."""
+
+    def __init__(self, network: nn.Module, dtype: torch.dtype, output_names: tuple[str, ...]) -> None:
+        super().__init__()
+        self.network = network
+        self.dtype = dtype
+        self.output_names = output_names
+
+    def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.network(batch.to(self.dtype))
+        if isinstance(out, torch.Tensor):
+            items = [out]
+        elif isinstance(out, Mapping):
+            items = [out[name] for name in self.output_names]
+        else:
+            items = list(out)
+        return tuple(t.float() for t in items)
+
+
+class _Stages:
+    """Stage lines with elapsed time, and a tqdm bar over the stages."""
+
+    def __init__(self, title: str, names: Sequence[str], enabled: bool) -> None:
+        from tqdm.auto import tqdm
+
+        self.enabled = enabled
+        self.title = title
+        self.bar = tqdm(total=len(names), desc=title, unit="stage", disable=not enabled, leave=False)
+        self.seconds: dict[str, float] = {}
+        self.started = time.perf_counter()
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self.bar.set_postfix_str(name)
+        start = time.perf_counter()
+        yield
+        elapsed = time.perf_counter() - start
+        self.seconds[name] = round(elapsed, 3)
+        self.bar.update(1)
+        if self.enabled:
+            total = time.perf_counter() - self.started
+            self.bar.write(f"[{self.title}] {name}: {elapsed:.1f} s (total {total:.1f} s)")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+@dataclass(frozen=True)
+class EngineBuild:
+    """Where the engine is, and whether this call compiled it (and why)."""
+
+    path: Path
+    built: bool
+    reason: str
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _check_request(
+    spec: ModelSpec, precision: str, max_batch: int, buckets: Sequence[int] | None
+) -> tuple[int, ...]:
+    if precision not in PRECISION_DTYPES:
+        raise EngineError(f"precision must be one of {sorted(PRECISION_DTYPES)}, got {precision!r}")
+    if buckets is None:
+        return default_buckets(max_batch)
+    chosen = tuple(sorted({int(b) for b in buckets}))
+    if not chosen or chosen[0] < 1:
+        raise EngineError(f"batch buckets must be positive integers, got {tuple(buckets)}")
+    if chosen[-1] > max_batch:
+        raise EngineError(f"largest batch bucket {chosen[-1]} exceeds max_batch {max_batch}")
+    return chosen
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    dev = torch.device(device)
+    if dev.type not in ("cpu", "cuda"):
+        raise EngineError(f"compiled engines run on 'cpu' or 'cuda', not {str(dev)!r}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise EngineError("a CUDA engine was requested but no CUDA device is available")
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
+def build_fields(
+    spec: ModelSpec,
+    *,
+    device: torch.device,
+    precision: str,
+    buckets: tuple[int, ...],
+    weights_id: str,
+    dynamic_batch: bool,
+    inductor_options: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Everything the engine key covers (see `engine_cache`)."""
+    return {
+        "format_version": engine_cache.ENGINE_FORMAT_VERSION,
+        "weights_id": weights_id,
+        "spec": spec.name,
+        "input_size": list(spec.input_size),
+        **engine_cache.device_fields(device),
+        "precision": precision,
+        "buckets": list(buckets),
+        "dynamic_batch": dynamic_batch,
+        "channels_last": True,
+        "inductor_options": dict(sorted(inductor_options.items())),
+    }
+
+
+def _compile_package(
+    module: nn.Module,
+    spec: ModelSpec,
+    *,
+    device: torch.device,
+    precision: str,
+    buckets: tuple[int, ...],
+    dynamic_batch: bool,
+    inductor_options: Mapping[str, Any],
+    output_names: Sequence[str] | None,
+    target: Path,
+    stages: _Stages,
+) -> dict[str, Any]:
+    """Fold, export and AOT-compile `module` into the package `target`; returns sidecar facts."""
+    height, width = spec.input_size
+    largest = buckets[-1]
+    # The autotuning hint: a typical crop batch, within the dynamic range.
+    example_batch = largest if not dynamic_batch else min(8, largest)
+    example = torch.randn(example_batch, 3, height, width, device=device, generator=None)
+
+    with stages.stage("fold conv+bn"):
+        work = copy.deepcopy(module).float().eval().to(device)
+        for param in work.parameters():
+            param.requires_grad_(False)
+        folded, report = fold_batchnorm(work, example)
+        with torch.no_grad():
+            sample = folded(example[:1])
+        names = resolve_output_names(spec, sample, output_names)
+        network = folded.to(PRECISION_DTYPES[precision]).to(memory_format=torch.channels_last)
+        wrapper = _EngineWrapper(network, PRECISION_DTYPES[precision], names).eval()
+
+    with stages.stage("export"):
+        dynamic_shapes = None
+        if dynamic_batch and largest > 1:
+            batch_dim = torch.export.Dim("batch", min=1, max=largest)
+            dynamic_shapes = ({0: batch_dim},)
+        try:
+            exported = torch.export.export(wrapper, (example,), dynamic_shapes=dynamic_shapes, strict=False)
+        except Exception as exc:
+            raise EngineError(f"{spec.name}: torch.export failed: {exc}") from exc
+
+    compile_stage = "compile + autotune" if inductor_options.get("max_autotune") else "compile"
+    with stages.stage(compile_stage):
+        try:
+            torch._inductor.aoti_compile_and_package(
+                exported, package_path=str(target), inductor_configs=dict(inductor_options)
+            )
+        except Exception as exc:
+            raise EngineError(f"{spec.name}: AOTInductor compilation failed: {exc}") from exc
+
+    with torch.no_grad():
+        outputs = wrapper(example[:1])
+    return {
+        "output_names": list(names),
+        "output_shapes": [list(t.shape[1:]) for t in outputs],
+        "input_shape": [3, height, width],
+        "folded_pairs": len(report.pairs),
+        "fold_max_abs_diff": report.max_abs_diff,
+        "example_batch": example_batch,
+    }
+
+
+def ensure_engine(
+    module: nn.Module,
+    spec: ModelSpec,
+    *,
+    weights_id: str,
+    device: str | torch.device = "cuda",
+    precision: Precision = "fp16",
+    max_batch: int = 64,
+    buckets: Sequence[int] | None = None,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    dynamic_batch: bool = True,
+    inductor_options: Mapping[str, Any] | None = None,
+    output_names: Sequence[str] | None = None,
+    force: bool = False,
+) -> EngineBuild:
+    """The cached engine for this request, building (or rebuilding) it only when needed."""
+    chosen = _check_request(spec, precision, max_batch, buckets)
+    if not dynamic_batch and len(chosen) != 1:
+        raise EngineError(f"a static-batch engine needs exactly one bucket, got {chosen}")
+    dev = _resolve_device(device)
+    options = dict(DEFAULT_INDUCTOR_OPTIONS[dev.type] if inductor_options is None else inductor_options)
+    fields = build_fields(
+        spec, device=dev, precision=precision, buckets=chosen, weights_id=weights_id,
+        dynamic_batch=dynamic_batch, inductor_options=options,
+    )  # fmt: skip
+    path = engine_cache.engine_path(
+        engine_cache.cache_root(cache_dir), spec.name, precision, engine_cache.engine_key(fields)
+    )
+    if not force and engine_cache.why_invalid(path, fields) is None:
+        return EngineBuild(path, built=False, reason="cached")
+
+    with engine_cache.exclusive_lock(path):
+        reason = "forced rebuild" if force else engine_cache.why_invalid(path, fields)
+        if reason is None:  # another process finished it while we waited for the lock
+            return EngineBuild(path, built=False, reason="built by another process")
+        if path.exists() or engine_cache.sidecar_path(path).exists():
+            warnings.warn(f"rebuilding compiled engine {path.name}: {reason}", RuntimeWarning, stacklevel=2)
+        engine_cache.remove_stale_temps(path)
+        target = engine_cache.temp_package_path(path)
+        stages = _Stages(f"rtpose build {spec.name} {precision}", _BUILD_STAGES, progress)
+        try:
+            facts = _compile_package(
+                module, spec, device=dev, precision=precision, buckets=chosen, dynamic_batch=dynamic_batch,
+                inductor_options=options, output_names=output_names, target=target, stages=stages,
+            )  # fmt: skip
+            with stages.stage("package"):
+                sidecar = {
+                    "key": engine_cache.engine_key(fields),
+                    "fields": fields,
+                    **facts,
+                    "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "stage_seconds": dict(stages.seconds),
+                }
+                engine_cache.publish(target, path, sidecar)
+        finally:
+            stages.close()
+            engine_cache.remove_stale_temps(path)
+    return EngineBuild(path, built=True, reason=reason or "", stage_seconds=dict(stages.seconds))
+
+
+_BUILD_STAGES = ("fold conv+bn", "export", "compile", "package")
+
+
+def build_engine(
+    module: nn.Module,
+    spec: ModelSpec,
+    *,
+    device: str | torch.device = "cuda",
+    precision: Precision = "fp16",
+    max_batch: int = 64,
+    buckets: Sequence[int] | None = None,
+    cache_dir: str | Path | None = None,
+    weights_id: str,
+    progress: bool = True,
+    dynamic_batch: bool = True,
+    inductor_options: Mapping[str, Any] | None = None,
+    output_names: Sequence[str] | None = None,
+) -> Path:
+    """Build (or find in the cache) the compiled engine of `module`; returns the `.pt2` path.
+
+    `weights_id` names the weights (e.g. the sha256 of the weight file, or `weights_digest(module)`):
+    it is part of the cache key, so engines of different weights never mix.
+    """
+    return ensure_engine(
+        module, spec, weights_id=weights_id, device=device, precision=precision, max_batch=max_batch,
+        buckets=buckets, cache_dir=cache_dir, progress=progress, dynamic_batch=dynamic_batch,
+        inductor_options=inductor_options, output_names=output_names,
+    ).path  # fmt: skip
+
+
+@dataclass
+class _GraphBucket:
+    batch: int
+    graph: torch.cuda.CUDAGraph
+    static_input: torch.Tensor
+    static_outputs: tuple[torch.Tensor, ...]
+
+
+def _load_runner(path: Path, single_threaded: bool) -> Any:
+    loader = torch._inductor.aoti_load_package
+    kwargs: dict[str, Any] = {}
+    if "run_single_threaded" in inspect.signature(loader).parameters:
+        kwargs["run_single_threaded"] = single_threaded
+    elif single_threaded:
+        raise EngineError("this torch version cannot run AOTInductor packages inside CUDA graphs")
+    return loader(str(path), **kwargs)
+
+
+class CompiledEngine(Engine):
+    """A verified AOTInductor package on one device; CUDA graphs per batch bucket on CUDA.
+
+    Outputs are float32 torch tensors on the engine's device. With CUDA graphs they are views of the
+    graph's static buffers, overwritten by the next call: pass `clone_outputs=True` (or clone them)
+    when results must outlive the next call.
+    """
+
+    backend = "compiled"
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        cuda_graphs: bool = True,
+        clone_outputs: bool = False,
+        progress: bool = False,
+        graph_warmup: int = 2,
+    ) -> None:
+        self.path = Path(path)
+        reason = engine_cache.why_invalid(self.path)
+        if reason is not None:
+            raise EngineError(f"compiled engine {self.path} cannot be trusted: {reason}")
+        self.sidecar: dict[str, Any] = engine_cache.read_sidecar(self.path) or {}
+        fields = self.sidecar["fields"]
+        self.fields = fields
+        self.precision: str = fields["precision"]
+        self.buckets: tuple[int, ...] = tuple(fields["buckets"])
+        self.dynamic_batch: bool = bool(fields["dynamic_batch"])
+        self.output_names = tuple(self.sidecar["output_names"])
+        self.output_shapes = tuple(tuple(s) for s in self.sidecar["output_shapes"])
+        self.input_shape: tuple[int, int, int] = tuple(self.sidecar["input_shape"])  # type: ignore[assignment]
+        self.clone_outputs = clone_outputs
+        self._device = self._matching_device(fields)
+        self.device = self._device.type
+        self.use_cuda_graphs = cuda_graphs and self._device.type == "cuda"
+        try:
+            self._runner = _load_runner(self.path, single_threaded=self.use_cuda_graphs)
+        except EngineError:
+            raise
+        except Exception as exc:
+            raise EngineError(f"could not load compiled engine {self.path.name}: {exc}") from exc
+        self._graphs: dict[int, _GraphBucket] = {}
+        if self.use_cuda_graphs:
+            stages = _Stages(f"rtpose load {self.path.stem}", ("capture graphs",), progress)
+            try:
+                with stages.stage("capture graphs"):
+                    self._capture_graphs(graph_warmup)
+            finally:
+                stages.close()
+
+    @staticmethod
+    def _matching_device(fields: Mapping[str, Any]) -> torch.device:
+        if fields["device_type"] == "cpu":
+            return torch.device("cpu")
+        if not torch.cuda.is_available():
+            raise EngineError("this engine was built for CUDA but no CUDA device is available")
+        dev = torch.device("cuda", torch.cuda.current_device())
+        here = engine_cache.device_fields(dev)
+        for name in ("device_name", "compute_capability", "torch", "cuda"):
+            if here[name] != fields[name]:
+                raise EngineError(
+                    f"engine was built for {name}={fields[name]!r}, here it is {here[name]!r}; rebuild it"
+                )
+        return dev
+
+    def _capture_graphs(self, warmup: int) -> None:
+        dev = self._device
+        pool = torch.cuda.graph_pool_handle()
+        current = torch.cuda.current_stream(dev)
+        # Largest first, so the smaller captures reuse its freed intermediate memory from the shared pool.
+        for batch in sorted(self.buckets, reverse=True):
+            static_input = torch.zeros((batch, *self.input_shape), device=dev, dtype=torch.float32)
+            side = torch.cuda.Stream(dev)
+            side.wait_stream(current)
+            with torch.cuda.stream(side):
+                for _ in range(max(1, warmup)):
+                    self._runner(static_input)
+            current.wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(graph, pool=pool):
+                    static_outputs = tuple(self._runner(static_input))
+            except Exception as exc:
+                warnings.warn(
+                    f"CUDA graph capture failed ({exc}); running {self.path.name} without graphs",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                self._graphs.clear()
+                self.use_cuda_graphs = False
+                self._runner = _load_runner(self.path, single_threaded=False)
+                return
+            self._graphs[batch] = _GraphBucket(batch, graph, static_input, static_outputs)
+
+    # -- calling ------------------------------------------------------------------------------------
+
+    def _as_input(self, batch: Any) -> torch.Tensor:
+        if isinstance(batch, np.ndarray):
+            if not np.issubdtype(batch.dtype, np.floating):
+                raise EngineError(f"engine input must be a float array, got dtype {batch.dtype}")
+            tensor = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        elif isinstance(batch, torch.Tensor):
+            if not batch.is_floating_point():
+                raise EngineError(f"engine input must be a float tensor, got dtype {batch.dtype}")
+            tensor = batch
+        else:
+            raise EngineError(
+                f"engine input must be a NumPy array or torch tensor, got {type(batch).__name__}"
+            )
+        if tensor.ndim != 4 or tuple(tensor.shape[1:]) != self.input_shape:
+            raise EngineError(
+                f"engine input must have shape (N, {', '.join(map(str, self.input_shape))}), "
+                f"got {tuple(tensor.shape)}"
+            )
+        return tensor.to(device=self._device, dtype=torch.float32, non_blocking=True)
+
+    def bucket_for(self, n: int) -> int:
+        """The smallest bucket that holds n rows (the largest bucket when none does)."""
+        for bucket in self.buckets:
+            if bucket >= n:
+                return bucket
+        return self.buckets[-1]
+
+    def _run_chunk(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        n = x.shape[0]
+        if self._graphs:
+            bucket = self._graphs[self.bucket_for(n)]
+            bucket.static_input[:n].copy_(x)
+            bucket.graph.replay()
+            return tuple(out[:n] for out in bucket.static_outputs)
+        if not self.dynamic_batch and n != self.buckets[-1]:
+            padded = x.new_zeros((self.buckets[-1], *self.input_shape))
+            padded[:n] = x
+            return tuple(out[:n] for out in self._runner(padded))
+        return tuple(self._runner(x.contiguous()))
+
+    def __call__(self, batch: Any) -> dict[str, torch.Tensor]:
+        x = self._as_input(batch)
+        n = x.shape[0]
+        largest = self.buckets[-1]
+        if n == 0:
+            return {
+                name: torch.empty((0, *shape), device=self._device)
+                for name, shape in zip(self.output_names, self.output_shapes, strict=True)
+            }
+        if n <= largest:
+            outs = self._run_chunk(x)
+            if self.clone_outputs:
+                outs = tuple(o.clone() for o in outs)
+            return dict(zip(self.output_names, outs, strict=True))
+        results = [
+            torch.empty((n, *shape), device=self._device, dtype=torch.float32) for shape in self.output_shapes
+        ]
+        for start in range(0, n, largest):
+            chunk = self._run_chunk(x[start : start + largest])
+            for result, part in zip(results, chunk, strict=True):
+                result[start : start + part.shape[0]].copy_(part)
+        return dict(zip(self.output_names, results, strict=True))
+
+
+def load_compiled_engine(
+    module: nn.Module,
+    spec: ModelSpec,
+    *,
+    weights_id: str,
+    device: str | torch.device = "cuda",
+    precision: Precision = "fp16",
+    max_batch: int = 64,
+    buckets: Sequence[int] | None = None,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    cuda_graphs: bool = True,
+    clone_outputs: bool = False,
+) -> CompiledEngine:
+    """Build if needed, then load; a cached package that fails to load is rebuilt once, with a warning."""
+    options = dict(
+        weights_id=weights_id, device=device, precision=precision, max_batch=max_batch, buckets=buckets,
+        cache_dir=cache_dir, progress=progress,
+    )  # fmt: skip
+    build = ensure_engine(module, spec, **options)  # type: ignore[arg-type]
+    try:
+        return CompiledEngine(
+            build.path, cuda_graphs=cuda_graphs, clone_outputs=clone_outputs, progress=progress
+        )
+    except EngineError as exc:
+        if build.built:
+            raise
+        warnings.warn(
+            f"cached engine {build.path.name} failed to load ({exc}); rebuilding",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    build = ensure_engine(module, spec, force=True, **options)  # type: ignore[arg-type]
+    return CompiledEngine(build.path, cuda_graphs=cuda_graphs, clone_outputs=clone_outputs, progress=progress)
+
+
+def compiled_engine_for(
+    loaded: LoadedModel,
+    *,
+    device: str | torch.device = "cuda",
+    precision: Precision = "fp16",
+    max_batch: int = 64,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    cuda_graphs: bool = True,
+) -> CompiledEngine:
+    """`create_engine(..., backend="compiled")`: the engine of a loaded model, named by its weight file."""
+    weights_id = "sha256:" + sha256_file(loaded.weights.path)
+    return load_compiled_engine(
+        loaded.module, loaded.spec, weights_id=weights_id, device=device, precision=precision,
+        max_batch=max_batch, cache_dir=cache_dir, progress=progress, cuda_graphs=cuda_graphs,
+    )  # fmt: skip
