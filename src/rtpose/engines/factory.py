@@ -1,0 +1,152 @@
+"""Building an engine from a zoo name or a weight file: `create_engine` and `export_model`.
+
+The ONNX Runtime backend never runs a foreign graph blindly: unless the given file already is an ONNX
+graph with our output names (then it is used as it is), the weights are imported into our PyTorch
+network and exported by us, once, into `$RTPOSE_CACHE/onnx/<spec>-<weights sha256[:16]>.onnx`. This is
+also why the mmdeploy RTMDet file, whose graph contains NMS, always goes through import and export.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Literal
+
+from rtpose.engines.base import Engine
+from rtpose.engines.onnx_export import SPEC_METADATA_KEY, export_onnx, output_names_for
+from rtpose.engines.ort import OrtEngine
+from rtpose.engines.torch_engine import TorchEngine
+from rtpose.errors import EngineError, ModelNotFoundError
+from rtpose.models.factory import LoadedModel, check_device, find_spec_for_file, load_model, looks_like_file
+from rtpose.models.spec import ModelSpec, Task, get_spec, list_specs
+from rtpose.models.weights import cache_root, sha256_file
+
+logger = logging.getLogger("rtpose")
+
+Backend = Literal["ort", "torch"]
+BACKENDS: tuple[str, ...] = ("ort", "torch")
+
+
+def onnx_cache_path(loaded: LoadedModel, cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    digest = sha256_file(loaded.weights.path)[:16]
+    return cache_root(cache_dir) / "onnx" / f"{loaded.spec.name}-{digest}.onnx"
+
+
+def _graph_summary(path: Path) -> tuple[tuple[str, ...], dict[str, str], tuple[int | str, ...]]:
+    """(output names, metadata, input shape) of an ONNX file, without loading its weights."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # onnx raises DecodeError and others for files that are not ONNX
+        raise EngineError(f"{path} is not a readable ONNX file: {e}") from e
+    outputs = tuple(o.name for o in model.graph.output)
+    metadata = {p.key: p.value for p in model.metadata_props}
+    initializers = {i.name for i in model.graph.initializer}
+    graph_inputs = [i for i in model.graph.input if i.name not in initializers]
+    shape: tuple[int | str, ...] = ()
+    if graph_inputs:
+        dims = graph_inputs[0].type.tensor_type.shape.dim
+        shape = tuple(d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims)
+    return outputs, metadata, shape
+
+
+def _spec_of_ready_onnx(path: Path, name: str | None, task: Task) -> ModelSpec | None:
+    """The spec an ONNX file can be run for as it is (our output names), or None if it needs import."""
+    outputs, metadata, shape = _graph_summary(path)
+    if name is not None:
+        spec = get_spec(name)
+        return spec if outputs == output_names_for(spec) else None
+    if SPEC_METADATA_KEY in metadata:
+        spec = get_spec(metadata[SPEC_METADATA_KEY])
+        if spec.task == task and outputs == output_names_for(spec):
+            return spec
+    fitting = [
+        s for s in list_specs(task)
+        if outputs == output_names_for(s) and (len(shape) != 4 or _static_hw_fit(shape, s.input_size))
+    ]  # fmt: skip
+    if not fitting:
+        return None
+    if len(fitting) == 1:
+        return fitting[0]
+    # Several specs share these names and sizes (RTMPose t/s/m/l): the weights decide.
+    spec, _, _ = find_spec_for_file(path, task=task, candidates=fitting)
+    return spec
+
+
+def _static_hw_fit(shape: tuple[int | str, ...], input_size: tuple[int, int]) -> bool:
+    height, width = shape[2], shape[3]
+    return all(
+        not isinstance(got, int) or got <= 0 or got == want
+        for got, want in ((height, input_size[0]), (width, input_size[1]))
+    )
+
+
+def _given_onnx(name_or_file: str | os.PathLike[str], weights: str | os.PathLike[str] | None) -> Path | None:
+    for candidate in (weights, name_or_file if looks_like_file(name_or_file) else None):
+        if candidate is not None and Path(candidate).suffix.lower() == ".onnx" and Path(candidate).is_file():
+            return Path(candidate)
+    return None
+
+
+def _ort_engine_from_cache(loaded: LoadedModel, threads: int | None) -> OrtEngine:
+    path = onnx_cache_path(loaded)
+    if path.is_file():
+        try:
+            engine = OrtEngine(path, threads=threads)
+            logger.info("%s: ONNX from cache %s", loaded.spec.name, path)
+            return engine
+        except EngineError as e:
+            logger.warning("%s: cached ONNX %s is unusable (%s); exporting again", loaded.spec.name, path, e)
+            path.unlink(missing_ok=True)
+    export_onnx(loaded.module, loaded.spec, path)
+    return OrtEngine(path, threads=threads)
+
+
+def create_engine(
+    name_or_file: str | os.PathLike[str],
+    *,
+    task: Task,
+    backend: Backend = "ort",
+    device: str = "cpu",
+    weights: str | os.PathLike[str] | None = None,
+    threads: int | None = None,
+) -> tuple[Engine, ModelSpec]:
+    """An engine for a zoo name or a weight file, and the spec saying how to feed it."""
+    if backend not in BACKENDS:
+        raise EngineError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "torch":
+        loaded = load_model(name_or_file, task=task, weights=weights, device=device)
+        engine = TorchEngine(loaded.module, device=device, output_names=output_names_for(loaded.spec))
+        return engine, loaded.spec
+    if not device.startswith("cpu"):
+        raise EngineError(
+            f"backend 'ort' runs on the CPU only here; use backend='torch' for device {device!r}"
+        )
+    check_device(device)
+
+    onnx_file = _given_onnx(name_or_file, weights)
+    if onnx_file is not None:
+        name = None if looks_like_file(name_or_file) else os.fspath(name_or_file)
+        spec = _spec_of_ready_onnx(onnx_file, name, task)
+        if spec is not None:
+            if spec.task != task:
+                raise ModelNotFoundError(f"{spec.name} is a {spec.task} model, not a {task} model")
+            logger.info("%s: running %s as it is (our output names)", spec.name, onnx_file)
+            return OrtEngine(onnx_file, threads=threads), spec
+    loaded = load_model(name_or_file, task=task, weights=weights, device="cpu")
+    return _ort_engine_from_cache(loaded, threads), loaded.spec
+
+
+def export_model(
+    name_or_file: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    *,
+    task: Task,
+    weights: str | os.PathLike[str] | None = None,
+    opset: int = 17,
+) -> Path:
+    """`rtpose export`: load a model (zoo name or weight file) and write our ONNX export of it."""
+    loaded = load_model(name_or_file, task=task, weights=weights, device="cpu")
+    return export_onnx(loaded.module, loaded.spec, out_path, opset=opset)
