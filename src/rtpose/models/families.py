@@ -1,3 +1,3 @@
 """Imports every model family module so that its specs are registered."""
 
-from rtpose.models import rtmdet, rtmpose  # noqa: F401
+from rtpose.models import movenet, openpose_lite, rtmdet, rtmpose  # noqa: F401
