@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Copies the part of ../shared/data that GPU runs need into .gpu/data (git-ignored), so that the device
+# tool can carry it (../shared does not travel). On the GPU machine: export RTPOSE_DATA=$PWD/.gpu/data.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+src="${RTPOSE_DATA:-$(cd .. && pwd)/shared/data}"
+dst=.gpu/data
+mkdir -p "$dst/coco/annotations" "$dst/video" "$dst/models"
+cp "$src/MANIFEST.md" "$dst/"
+cp -r "$src/coco/val2017" "$dst/coco/"
+cp "$src/coco/annotations/person_keypoints_val2017_subset.json" "$dst/coco/annotations/"
+cp "$src/video/openpose_video.avi" "$dst/video/"
+for m in rtmdet_nano_person_mmdeploy movenet_singlepose_lightning_int8 human-pose-estimation-0001_FP16-INT8; do
+  cp -r "$src/models/$m" "$dst/models/"
+done
+mkdir -p "$dst/models/rtmpose_official_arch"
+cp "$src/models/rtmpose_official_arch/"rtmpose-t_{random_official_format.pth,input.npy,simcc_x.npy,simcc_y.npy} \
+  "$dst/models/rtmpose_official_arch/"
+du -sh "$dst"
