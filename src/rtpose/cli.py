@@ -1,4 +1,4 @@
-"""The `rtpose` command: detect | predict | eval | export | models.
+"""The `rtpose` command: detect | predict | eval | export | build | models.
 
 Exit codes: 0 when everything worked, 1 when any item (or the model) failed, 2 for usage errors.
 Errors meant for users (`RtposeError`) print as one line; `-v` adds the traceback and debug logging.
@@ -55,14 +55,24 @@ def _setup_logging(verbose: bool) -> None:
 # -- argument parsing --------------------------------------------------------------------------------
 
 
+BACKEND_CHOICES = ("auto", "ort", "torch", "compiled")
+PRECISION_CHOICES = ("fp32", "fp16", "bf16")
+
+
 def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--backend", choices=("auto", "ort", "torch"), default="auto",
-        help="inference backend: ONNX Runtime (CPU) or PyTorch; auto = torch on CUDA, ONNX Runtime on CPU",
+        "--backend", choices=BACKEND_CHOICES, default="auto",
+        help="inference backend: ONNX Runtime (CPU), PyTorch eager, or a compiled engine (AOTInductor + "
+        "CUDA graphs, built once and cached; see 'rtpose build'); auto = compiled on CUDA, ONNX Runtime "
+        "on CPU",
     )  # fmt: skip
     parser.add_argument(
         "--device", choices=("cpu", "cuda"), default=None,
         help="where to run (default: cuda when a GPU is visible, else cpu)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--precision", choices=PRECISION_CHOICES, default="fp32",
+        help="engine precision; fp16/bf16 need a compiled engine (default fp32)",
     )  # fmt: skip
 
 
@@ -162,6 +172,36 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     export.set_defaults(handler=cmd_export)
 
+    build = sub.add_parser(
+        "build",
+        help="build an optimized engine",
+        description="Compile a model into an engine for this GPU (or CPU): BatchNorm folded, kernels fused "
+        "and autotuned, fp16/bf16, CUDA graphs per batch size at load time. The engine is cached in "
+        "$RTPOSE_CACHE/engines and reused by every command with --backend compiled (or auto on CUDA); "
+        "building again finds it there unless --force.",
+    )
+    build.add_argument("model", metavar="NAME|FILE", help="zoo name or weight file")
+    build.add_argument(
+        "--weights", metavar="FILE",
+        help="weights to build with (default: the zoo's); 'random' = seeded random weights, for speed "
+        "measurements only",
+    )  # fmt: skip
+    build.add_argument(
+        "--task", choices=("detector", "pose-topdown", "pose-bottomup"), default=None,
+        help="the model's task (default: the zoo name's; needed for a weight file)",
+    )  # fmt: skip
+    build.add_argument(
+        "--device", choices=("cuda", "cpu"), default="cuda",
+        help="build for this device (default cuda; cpu builds a CPU AOTInductor engine)",
+    )  # fmt: skip
+    build.add_argument("--precision", choices=PRECISION_CHOICES, default="fp16", help="default fp16")
+    build.add_argument(
+        "--max-batch", type=int, default=64, metavar="N",
+        help="largest batch the engine takes in one call (CUDA graphs for 1, 2, 4, ... N; default 64)",
+    )  # fmt: skip
+    build.add_argument("--force", action="store_true", help="rebuild even when a valid engine is cached")
+    build.set_defaults(handler=cmd_build)
+
     models = sub.add_parser(
         "models", help="list the model zoo", description="The model zoo, and which weights are found offline."
     )
@@ -173,11 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_runtime(backend: str, device: str | None) -> tuple[str, str]:
-    """(backend, device) from the options: auto backend = torch on CUDA, ONNX Runtime on the CPU."""
+    """(backend, device) from the options: auto backend = compiled on CUDA, ONNX Runtime on the CPU."""
     if device is None:
         device = "cuda" if _cuda_available() else "cpu"
     if backend == "auto":
-        backend = "torch" if device == "cuda" else "ort"
+        backend = "compiled" if device == "cuda" else "ort"
+        logger.info("backend auto: %s on %s", backend, device)
     return backend, device
 
 
@@ -291,8 +332,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
     backend, device = resolve_runtime(args.backend, args.device)
     detector = Detector(
-        args.det, backend=backend, device=device, weights=args.det_weights, score_thr=args.det_thr
-    )
+        args.det, backend=backend, device=device, weights=args.det_weights, score_thr=args.det_thr,
+        precision=args.precision,
+    )  # fmt: skip
     results = process_sources(detector, args.sources)
     if args.json:
         _write_json(results, args.json)
@@ -304,6 +346,8 @@ def _make_pose_pipeline(args: argparse.Namespace, *, with_detector: bool = True)
     if pose_task(args.pose) == "pose-bottomup":
         from rtpose.pipelines.bottomup import BottomUp
 
+        if args.precision != "fp32":
+            raise _UsageError("--precision fp16/bf16 is not available for bottom-up models yet")
         return BottomUp(args.pose, backend=backend, device=device, weights=args.pose_weights)
     from rtpose.pipelines.topdown import TopDown
 
@@ -315,6 +359,7 @@ def _make_pose_pipeline(args: argparse.Namespace, *, with_detector: bool = True)
         pose_weights=args.pose_weights,
         det_weights=args.det_weights,
         det_score_thr=args.det_thr,
+        precision=args.precision,
     )
 
 
@@ -378,6 +423,35 @@ def cmd_export(args: argparse.Namespace) -> int:
         task = get_spec(args.model).task
     out = export_model(args.model, args.out, task=task, weights=args.weights, opset=args.opset)
     print(f"exported {args.model} to {out}")
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from rtpose.engines.factory import build_compiled
+
+    if args.max_batch < 1:
+        raise _UsageError(f"--max-batch must be at least 1, not {args.max_batch}")
+    task = args.task
+    if task is None:
+        path = Path(args.model)
+        if path.suffix and path.exists():
+            raise _UsageError("--task is needed when building a weight file (detector, pose-topdown, ...)")
+        from rtpose.models.spec import get_spec
+
+        task = get_spec(args.model).task
+    start = time.perf_counter()
+    build, spec = build_compiled(
+        args.model, task=task, weights=args.weights, device=args.device, precision=args.precision,
+        max_batch=args.max_batch, force=args.force, progress=True,
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    state = f"built ({build.reason})" if build.built else f"reused ({build.reason})"
+    print(f"engine: {build.path}")
+    print(f"model: {spec.name} ({task}), device {args.device}, {args.precision}, max batch {args.max_batch}")
+    print(f"state: {state}")
+    for stage, stage_seconds in build.stage_seconds.items():
+        print(f"  {stage}: {stage_seconds:.1f} s")
+    print(f"total: {seconds:.1f} s")
     return 0
 
 

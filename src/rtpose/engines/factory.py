@@ -4,6 +4,14 @@ The ONNX Runtime backend never runs a foreign graph blindly: unless the given fi
 graph with our output names (then it is used as it is), the weights are imported into our PyTorch
 network and exported by us, once, into `$RTPOSE_CACHE/onnx/<spec>-<weights sha256[:16]>.onnx`. This is
 also why the mmdeploy RTMDet file, whose graph contains NMS, always goes through import and export.
+
+Backends: "ort" (ONNX Runtime, CPU), "torch" (PyTorch eager, CPU or CUDA), "compiled" (an AOTInductor
+package with CUDA graphs per batch bucket, `engines.compiled`; fp32/fp16/bf16) and "auto": compiled on a
+CUDA device, ONNX Runtime on the CPU. Reduced precision exists only for compiled engines.
+
+`weights="random"` builds the network with seeded random weights (seed 0, the same weights and engine
+cache key as `rtpose.benchmarks.engine_bench`): for speed measurements of models whose trained weights
+are not at hand. Its keypoints are meaningless, and a warning says so.
 """
 
 from __future__ import annotations
@@ -11,7 +19,10 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from torch import nn
 
 from rtpose.engines.base import Engine
 from rtpose.engines.onnx_export import SPEC_METADATA_KEY, export_onnx, output_names_for
@@ -22,10 +33,17 @@ from rtpose.models.factory import LoadedModel, check_device, find_spec_for_file,
 from rtpose.models.spec import ModelSpec, Task, get_spec, list_specs
 from rtpose.models.weights import cache_root, sha256_file
 
+if TYPE_CHECKING:
+    from rtpose.engines.compiled import EngineBuild
+
 logger = logging.getLogger("rtpose")
 
-Backend = Literal["ort", "torch"]
-BACKENDS: tuple[str, ...] = ("ort", "torch")
+Backend = Literal["auto", "ort", "torch", "compiled"]
+BACKENDS: tuple[str, ...] = ("auto", "ort", "torch", "compiled")
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16")
+#: `weights=` value that asks for seeded random weights (benchmarks only)
+RANDOM_WEIGHTS = "random"
+RANDOM_SEED = 0
 
 
 def onnx_cache_path(loaded: LoadedModel, cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -104,27 +122,105 @@ def _ort_engine_from_cache(loaded: LoadedModel, threads: int | None) -> OrtEngin
     return OrtEngine(path, threads=threads)
 
 
+def resolve_backend(backend: str, device: str) -> str:
+    """The concrete backend for a request: "auto" is compiled on CUDA and ONNX Runtime on the CPU."""
+    if backend not in BACKENDS:
+        raise EngineError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend != "auto":
+        return backend
+    chosen = "compiled" if str(device).startswith("cuda") else "ort"
+    logger.info(
+        "backend auto: %s on %s", "compiled engine" if chosen == "compiled" else "ONNX Runtime", device
+    )
+    return chosen
+
+
+def is_random_weights(weights: object) -> bool:
+    return isinstance(weights, str) and weights == RANDOM_WEIGHTS
+
+
+def random_model(name: str | os.PathLike[str], task: Task) -> tuple[nn.Module, ModelSpec, str]:
+    """(network with seeded random weights, spec, weights id): for benchmarks, never for results.
+
+    The RNG state of the caller is left as it was. The weights id names exactly these weights, so
+    engines built from them are cached like any other.
+    """
+    from rtpose.engines.compiled import weights_digest
+
+    if looks_like_file(name):
+        raise ModelNotFoundError(f"weights='random' needs a zoo model name, not a file ({name})")
+    spec = get_spec(os.fspath(name))
+    if spec.task != task:
+        raise ModelNotFoundError(f"{spec.name} is a {spec.task} model, not a {task} model")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_SEED)
+        module = spec.build().eval()
+    for param in module.parameters():
+        param.requires_grad_(False)
+    logger.warning(
+        "%s: RANDOM weights (seed %d): for speed measurements only, its outputs are meaningless",
+        spec.name, RANDOM_SEED,
+    )  # fmt: skip
+    return module, spec, f"init-seed{RANDOM_SEED}-" + weights_digest(module)[:16]
+
+
+def _check_request(backend: str, device: str, precision: str, max_batch: int) -> str:
+    if precision not in PRECISIONS:
+        raise EngineError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if max_batch < 1:
+        raise EngineError(f"max_batch must be at least 1, not {max_batch}")
+    if backend == "ort" and not str(device).startswith("cpu"):
+        raise EngineError(
+            f"backend 'ort' runs on the CPU only here; use backend 'compiled' or 'torch' "
+            f"for device {device!r}"
+        )
+    check_device(device)  # a CUDA request without a GPU fails here, with a clear message
+    chosen = resolve_backend(backend, device)
+    if precision != "fp32" and chosen != "compiled":
+        raise EngineError(
+            f"precision {precision} needs a compiled engine (backend 'compiled', or 'auto' on CUDA); "
+            f"backend {chosen!r} runs fp32"
+        )
+    return chosen
+
+
 def create_engine(
     name_or_file: str | os.PathLike[str],
     *,
     task: Task,
-    backend: Backend = "ort",
+    backend: Backend | str = "ort",
     device: str = "cpu",
     weights: str | os.PathLike[str] | None = None,
     threads: int | None = None,
+    precision: str = "fp32",
+    max_batch: int = 64,
+    progress: bool = True,
 ) -> tuple[Engine, ModelSpec]:
-    """An engine for a zoo name or a weight file, and the spec saying how to feed it."""
-    if backend not in BACKENDS:
-        raise EngineError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend == "torch":
+    """An engine for a zoo name or a weight file, and the spec saying how to feed it.
+
+    backend: "ort", "torch", "compiled" or "auto" (compiled on CUDA, ONNX Runtime on the CPU).
+    precision: fp32, or fp16/bf16 for compiled engines. max_batch: the largest batch a compiled engine
+    captures a CUDA graph for (larger batches run in chunks). weights: a file, or "random" (benchmarks).
+    """
+    chosen = _check_request(backend, device, precision, max_batch)
+    if is_random_weights(weights):
+        return _engine_for_random_weights(name_or_file, task, chosen, device, precision, max_batch, progress)
+    if chosen == "compiled":
+        from rtpose.engines.compiled import compiled_engine_for
+
+        loaded = load_model(name_or_file, task=task, weights=weights, device="cpu")
+        engine = compiled_engine_for(
+            loaded,
+            device=device,
+            precision=precision,
+            max_batch=max_batch,
+            progress=progress,  # type: ignore[arg-type]
+        )
+        return engine, loaded.spec
+    if chosen == "torch":
         loaded = load_model(name_or_file, task=task, weights=weights, device=device)
         engine = TorchEngine(loaded.module, device=device, output_names=output_names_for(loaded.spec))
         return engine, loaded.spec
-    if not device.startswith("cpu"):
-        raise EngineError(
-            f"backend 'ort' runs on the CPU only here; use backend='torch' for device {device!r}"
-        )
-    check_device(device)
 
     onnx_file = _given_onnx(name_or_file, weights)
     if onnx_file is not None:
@@ -137,6 +233,63 @@ def create_engine(
             return OrtEngine(onnx_file, threads=threads), spec
     loaded = load_model(name_or_file, task=task, weights=weights, device="cpu")
     return _ort_engine_from_cache(loaded, threads), loaded.spec
+
+
+def _engine_for_random_weights(
+    name: str | os.PathLike[str],
+    task: Task,
+    backend: str,
+    device: str,
+    precision: str,
+    max_batch: int,
+    progress: bool,
+) -> tuple[Engine, ModelSpec]:
+    module, spec, weights_id = random_model(name, task)
+    if backend == "compiled":
+        from rtpose.engines.compiled import load_compiled_engine
+
+        engine = load_compiled_engine(
+            module, spec, weights_id=weights_id, device=device, precision=precision,  # type: ignore[arg-type]
+            max_batch=max_batch, progress=progress,
+        )  # fmt: skip
+        return engine, spec
+    if backend == "torch":
+        return TorchEngine(module, device=device, output_names=output_names_for(spec)), spec
+    path = cache_root() / "onnx" / f"{spec.name}-{weights_id}.onnx"
+    if not path.is_file():
+        export_onnx(module, spec, path)
+    return OrtEngine(path, threads=None), spec
+
+
+def build_compiled(
+    name_or_file: str | os.PathLike[str],
+    *,
+    task: Task,
+    weights: str | os.PathLike[str] | None = None,
+    device: str = "cuda",
+    precision: str = "fp16",
+    max_batch: int = 64,
+    force: bool = False,
+    progress: bool = True,
+) -> tuple[EngineBuild, ModelSpec]:
+    """`rtpose build`: the compiled engine of a model, built now or found valid in the cache.
+
+    Uses the same weights id as `create_engine(..., backend="compiled")`, so what this builds is what
+    the pipelines load.
+    """
+    from rtpose.engines.compiled import ensure_engine
+
+    _check_request("compiled", device, precision, max_batch)
+    if is_random_weights(weights):
+        module, spec, weights_id = random_model(name_or_file, task)
+    else:
+        loaded = load_model(name_or_file, task=task, weights=weights, device="cpu")
+        module, spec, weights_id = loaded.module, loaded.spec, "sha256:" + sha256_file(loaded.weights.path)
+    build = ensure_engine(
+        module, spec, weights_id=weights_id, device=device, precision=precision,  # type: ignore[arg-type]
+        max_batch=max_batch, force=force, progress=progress,
+    )  # fmt: skip
+    return build, spec
 
 
 def export_model(

@@ -57,3 +57,44 @@ def check_image(image: Any) -> Any:
     if not isinstance(image, np.ndarray):
         raise ImageDecodeError(f"image must be a NumPy array (H, W, 3) uint8 BGR, not {type(image).__name__}")
     return to_bgr8(image, "image")
+
+
+def engine_input_rows(engine: Any, n: int, shape: tuple[int, int, int], device: Any) -> Any:
+    """Where to write an (n, *shape) float32 batch for `engine` so that it is not copied again.
+
+    A compiled engine with CUDA graphs copies its input into the static input of the graph bucket for
+    n; writing the batch straight into those rows makes that copy a no-op (torch skips a copy of a
+    tensor onto the very same memory). Other engines get a fresh tensor.
+    """
+    import torch
+
+    graphs = getattr(engine, "_graphs", None)  # CompiledEngine's CUDA-graph buckets (see engines.compiled)
+    bucket_for = getattr(engine, "bucket_for", None)
+    if graphs and callable(bucket_for):
+        bucket = graphs.get(bucket_for(n))
+        if bucket is not None and n <= bucket.batch and tuple(bucket.static_input.shape[1:]) == tuple(shape):
+            return bucket.static_input[:n]
+    return torch.empty((n, *shape), dtype=torch.float32, device=device)
+
+
+def engine_batch_limit(engine: Any) -> int | None:
+    """The fixed batch size of an engine with a static batch axis (an ONNX file exported so), else None."""
+    shape = getattr(engine, "input_shape", None)
+    if engine is None or getattr(engine, "backend", "") != "ort" or not shape:
+        return None
+    first = shape[0]
+    return first if isinstance(first, int) and first > 0 else None
+
+
+def run_engine(engine: Any, batch: Any) -> dict[str, Any]:
+    """`engine(batch)`, in pieces when the engine only takes a fixed batch size (outputs concatenated)."""
+    limit = engine_batch_limit(engine)
+    if limit is None or batch.shape[0] == limit:
+        return engine(batch)
+    if limit != 1:
+        raise RtposeError(
+            f"this ONNX model takes batches of exactly {limit}; export it with a dynamic batch axis "
+            "(rtpose export) to run other batch sizes"
+        )
+    parts = [engine(batch[i : i + 1]) for i in range(batch.shape[0])]
+    return {name: np.concatenate([to_numpy(p[name]) for p in parts]) for name in parts[0]}

@@ -1,29 +1,52 @@
 """Top-down pose: detector -> one affine crop per person -> pose model -> keypoints in image pixels.
 
-All persons of an image go through the pose model as one batch (chunks of `max_batch`). The pipeline
-knows the pose model only through its `ModelSpec`: input size, mean/std, channel order,
-`extra["bbox_padding"]` and `extra["codec"]` (the decoder registered in `postprocess.pose_codecs`), so
-RTMPose, MoveNet or any other top-down spec runs through the same code.
+All persons go through the pose model as one batch (chunks of `max_batch`): with `predict_batch`, all
+persons of all images. The pipeline knows the pose model only through its `ModelSpec`: input size,
+mean/std, channel order, `extra["bbox_padding"]` and `extra["codec"]` (the decoder registered in
+`postprocess.pose_codecs`), so RTMPose, MoveNet or any other top-down spec runs through the same code.
 
-Processing runs in NumPy + OpenCV on the host, or (torch engine on CUDA) in torch on the device: the
-image is uploaded once; letterbox, NMS, crops, normalisation and decoding run there, and only the
-final boxes and keypoints come back.
+Processing runs in NumPy + OpenCV on the host (the reference), or (torch/compiled engine on CUDA) in
+torch on the device, where nothing goes back to the host until the end:
+
+    JPEG bytes -> nvJPEG decode (or cv2 + one pinned async upload)      [decode]
+    -> letterbox of all images into the detector engine's input          [pre]
+    -> detector engine                                                   [infer]
+    -> box selection + NMS (torch), boxes back to image pixels           [post]
+    -> crop matrices; crops of all persons of all images in one gather,
+       normalised into the pose engine's (CUDA-graph) input rows         [pre]
+    -> pose engine                                                       [infer]
+    -> SimCC/heatmap decode, inverse affine of the keypoints             [post]
+    -> boxes, scores, keypoints of everyone: ONE device-to-host copy     [post]
+
+The only other host synchronisations are the ones the sizes need: how many boxes NMS kept per image.
+With `profile=True` the device is synchronised at stage boundaries and `last_timings` holds the
+milliseconds of each stage of the last call; without it the pipeline never synchronises for timing.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from rtpose.engines.base import Engine
-from rtpose.errors import EngineError, RtposeError
+from rtpose.errors import EngineError, ImageDecodeError, RtposeError
 from rtpose.models.spec import ModelSpec
 from rtpose.pipelines.detector import Detector
-from rtpose.pipelines.processing import Processing, check_image, choose_processing, outputs_as, to_numpy
-from rtpose.pipelines.runner import SourceArg, run_on_sources
+from rtpose.pipelines.processing import (
+    Processing,
+    check_image,
+    choose_processing,
+    engine_input_rows,
+    outputs_as,
+    run_engine,
+    to_numpy,
+)
+from rtpose.pipelines.runner import SourceArg, run_batched
+from rtpose.pipelines.stage_timer import StageTimer
 from rtpose.postprocess.pose_codecs import codec_module, codec_name, decode_pose
 from rtpose.preprocess.affine import (
     boxes_to_affine_matrices,
@@ -31,19 +54,25 @@ from rtpose.preprocess.affine import (
     is_torch,
     transform_points,
     warp_crops_numpy,
-    warp_crops_torch,
 )
-from rtpose.preprocess.normalize import normalize_numpy, normalize_torch
+from rtpose.preprocess.normalize import normalize_numpy
 from rtpose.types import ImageResult, Person
 
 __all__ = ["Detector", "TopDown"]
+
+#: inputs `predict_batch` decodes itself
+ENCODED_TYPES = (bytes, bytearray, memoryview)
 
 
 class TopDown:
     """Detector + top-down pose model.
 
+    backend: "ort" (CPU), "torch", "compiled" (AOTInductor + CUDA graphs) or "auto" (compiled on CUDA,
+    ONNX Runtime on the CPU). precision: fp32, or fp16/bf16 with compiled engines.
+    pose_weights="random": seeded random weights, for speed benchmarks only (keypoints are meaningless).
     det=None builds no detector: `predict_on_boxes` still works (evaluation with given boxes), calling
     the pipeline on an image then raises a clear error.
+    profile: synchronise at stage boundaries and record `last_timings` (ms per stage) for every call.
     """
 
     def __init__(
@@ -53,28 +82,28 @@ class TopDown:
         *,
         backend: str = "ort",
         device: str = "cpu",
+        precision: str = "fp32",
         pose_weights: str | os.PathLike[str] | None = None,
         det_weights: str | os.PathLike[str] | None = None,
         det_score_thr: float | None = None,
         max_batch: int = 64,
+        det_max_batch: int = 16,
         processing: Processing = "auto",
+        profile: bool = False,
     ) -> None:
         from rtpose.engines.factory import create_engine
 
         engine, spec = create_engine(
-            pose,
-            task="pose-topdown",
-            backend=backend,
-            device=device,
-            weights=pose_weights,  # type: ignore[arg-type]
-        )
+            pose, task="pose-topdown", backend=backend, device=device, weights=pose_weights,
+            precision=precision, max_batch=max_batch,
+        )  # fmt: skip
         detector = None
         if det is not None:
             detector = Detector(
                 det, backend=backend, device=device, weights=det_weights, score_thr=det_score_thr,
-                processing=processing,
+                processing=processing, precision=precision, max_batch=det_max_batch,
             )  # fmt: skip
-        self._setup(engine, spec, detector, max_batch, processing)
+        self._setup(engine, spec, detector, max_batch, processing, profile)
 
     @classmethod
     def from_engines(
@@ -85,10 +114,11 @@ class TopDown:
         *,
         max_batch: int = 64,
         processing: Processing = "auto",
+        profile: bool = False,
     ) -> TopDown:
         """A pipeline around engines you already have (tests, shared engines, compiled engines)."""
         self = cls.__new__(cls)
-        self._setup(pose_engine, pose_spec, detector, max_batch, processing)
+        self._setup(pose_engine, pose_spec, detector, max_batch, processing, profile)
         return self
 
     def _setup(
@@ -98,6 +128,7 @@ class TopDown:
         detector: Detector | None,
         max_batch: int,
         processing: Processing,
+        profile: bool,
     ) -> None:
         if spec.task != "pose-topdown":
             raise EngineError(f"{spec.name} is a {spec.task} model, not a top-down pose model")
@@ -109,19 +140,132 @@ class TopDown:
         self.bbox_padding = float(spec.extra.get("bbox_padding", 1.25))
         self.processing = choose_processing(processing, engine.backend, engine.device)
         self.device = engine.device if self.processing == "torch" else "cpu"
+        self.profile = bool(profile)
+        self._timer = StageTimer(self.profile, self.device)
+        #: milliseconds per stage (decode, pre, infer, post, total) of the last call when profile=True
+        self.last_timings: dict[str, float] = {}
+        self._constants: tuple[Any, Any] | None = None
 
     # -- public API ---------------------------------------------------------------------------------
     def __call__(self, image: Any) -> list[Person]:
-        """Every person in a `(H, W, 3) uint8` BGR image, with keypoints in image pixels."""
+        """Every person in a `(H, W, 3) uint8` BGR image (array or tensor) or in encoded image bytes."""
+        return self.predict_batch([image])[0]
+
+    def predict_batch(self, images: Sequence[Any]) -> list[list[Person]]:
+        """Every person in every image: the detector runs once on all images, the pose model on all
+        persons of all images (chunks of `max_batch`). Images: `(H, W, 3) uint8` BGR NumPy arrays or
+        torch tensors, or encoded image bytes (decoded on the GPU where the pipeline runs on CUDA)."""
         if self.detector is None:
             raise RtposeError("this TopDown pipeline has no detector (det=None): use predict_on_boxes")
-        image = self._prepare(check_image(image))
-        boxes, scores = self.detector.detect(image)
-        return self._pose(image, boxes, scores)
+        if isinstance(images, np.ndarray | bytes) or is_torch(images):
+            raise RtposeError("predict_batch takes a list of images; call the pipeline for one image")
+        self._timer.start()
+        prepared = self._prepare_all(list(images))
+        return self._predict_prepared(prepared)
 
     def predict_on_boxes(self, image: Any, boxes_xyxy: Any, scores: Any = None) -> list[Person]:
         """Keypoints for given person boxes (M, 4) x1y1x2y2 in image pixels; scores (M,) default to 1."""
-        image = self._prepare(check_image(image))
+        return self.predict_on_boxes_batch([image], [boxes_xyxy], [scores])[0]
+
+    def predict_on_boxes_batch(
+        self, images: Sequence[Any], boxes: Sequence[Any], scores: Sequence[Any] | None = None
+    ) -> list[list[Person]]:
+        """`predict_on_boxes` for several images, all persons through the pose model together."""
+        if scores is None:
+            scores = [None] * len(boxes)
+        if not len(images) == len(boxes) == len(scores):
+            raise RtposeError(f"got {len(images)} images, {len(boxes)} box sets and {len(scores)} score sets")
+        self._timer.start()
+        checked = [check_image(image) for image in images]
+        box_sets = [self._box_set(b, s) for b, s in zip(boxes, scores, strict=True)]
+        with self._timer.stage("pre"):
+            prepared = self._to_processing(checked)
+        people = self._pose(prepared, box_sets)
+        self.last_timings = self._timer.snapshot()
+        return people
+
+    def run(self, sources: SourceArg, progress: bool = True, batch_size: int = 1) -> Iterator[ImageResult]:
+        """Pose of every person in every image the sources name; a bad item becomes that result's error.
+
+        Files are decoded where the pipeline runs (on the GPU for a CUDA pipeline); `batch_size` images
+        go through `predict_batch` together.
+        """
+        if self.detector is None:
+            raise RtposeError("this TopDown pipeline has no detector (det=None): use predict_on_boxes")
+        return run_batched(
+            self._predict_decoded,
+            sources,
+            decode=self.decode_source,
+            batch_size=batch_size,
+            progress=progress,
+        )
+
+    def decode_source(self, path: str | os.PathLike[str]) -> Any:
+        """One image file decoded where the pipeline processes: a device tensor or a NumPy array."""
+        if self.processing == "torch" and str(self.device).startswith("cuda"):
+            from rtpose.decode.gpu import decode_image_gpu
+
+            return decode_image_gpu(Path(path), device=self.device)
+        from rtpose.decode.image import decode_image
+
+        return decode_image(Path(path))
+
+    # -- internals ----------------------------------------------------------------------------------
+    def _predict_decoded(self, images: list[Any], decode_ms: float) -> list[list[Person]]:
+        """`predict_batch` on images `run` has decoded already (its decoding time counted in)."""
+        self._timer.start()
+        self._timer.add("decode", decode_ms)
+        with self._timer.stage("pre"):
+            prepared = self._to_processing([check_image(image) for image in images])
+        return self._predict_prepared(prepared)
+
+    def _predict_prepared(self, images: list[Any]) -> list[list[Person]]:
+        assert self.detector is not None
+        found = self.detector.detect_batch(images, self._timer)
+        people = self._pose(images, found)
+        self.last_timings = self._timer.snapshot()
+        return people
+
+    def _prepare_all(self, items: list[Any]) -> list[Any]:
+        """Decode encoded items, check the others, and move everything to where processing runs."""
+        encoded = [i for i, item in enumerate(items) if isinstance(item, ENCODED_TYPES)]
+        for item in items:
+            if isinstance(item, str | Path):
+                raise ImageDecodeError("predict_batch takes images or encoded bytes; for files use run()")
+        decoded: dict[int, Any] = {}
+        if encoded:
+            with self._timer.stage("decode"):
+                if self.processing == "torch" and str(self.device).startswith("cuda"):
+                    from rtpose.decode.gpu import decode_images_gpu
+
+                    images = decode_images_gpu([items[i] for i in encoded], device=self.device)
+                else:
+                    from rtpose.decode.image import decode_image
+
+                    images = [decode_image(bytes(items[i])) for i in encoded]
+            decoded = dict(zip(encoded, images, strict=True))
+        checked = [decoded[i] if i in decoded else check_image(item) for i, item in enumerate(items)]
+        with self._timer.stage("pre"):
+            return self._to_processing(checked)
+
+    def _to_processing(self, images: list[Any]) -> list[Any]:
+        """Images where processing happens: host arrays, or device tensors (host arrays in one upload)."""
+        if self.processing != "torch":
+            return [to_numpy(image) for image in images]
+        import torch
+
+        host = [i for i, image in enumerate(images) if not is_torch(image)]
+        out = [image.to(self.device) if is_torch(image) else None for image in images]
+        if host:
+            from rtpose.decode.gpu import upload_images
+
+            uploaded = upload_images([images[i] for i in host], self.device)
+            for index, tensor in zip(host, uploaded, strict=True):
+                out[index] = tensor
+        return [torch.as_tensor(image) for image in out]
+
+    def _box_set(self, boxes_xyxy: Any, scores: Any) -> tuple[Any, Any]:
+        """Validated (boxes (M, 4), scores (M,)) of one image, in the processing's array kind."""
         shape = tuple(np.shape(boxes_xyxy))
         if not (len(shape) == 2 and shape[1] == 4) and shape not in ((0,), (0, 0)):
             raise RtposeError(f"boxes must have shape (M, 4) as x1, y1, x2, y2; got {shape}")
@@ -132,76 +276,121 @@ class TopDown:
             import torch
 
             boxes = torch.as_tensor(boxes_xyxy, dtype=torch.float32, device=self.device).reshape(count, 4)
-            scores = (
-                torch.ones(count, device=self.device)
-                if scores is None
-                else torch.as_tensor(scores, dtype=torch.float32, device=self.device)
-            )
-        else:
-            boxes = to_numpy(boxes_xyxy).astype(np.float64).reshape(count, 4)
-            scores = np.ones(count, np.float32) if scores is None else to_numpy(scores).astype(np.float32)
-        return self._pose(image, boxes, scores)
+            if scores is None:
+                return boxes, torch.ones(count, device=self.device)
+            return boxes, torch.as_tensor(scores, dtype=torch.float32, device=self.device)
+        boxes = to_numpy(boxes_xyxy).astype(np.float64).reshape(count, 4)
+        return boxes, (np.ones(count, np.float32) if scores is None else to_numpy(scores).astype(np.float32))
 
-    def run(self, sources: SourceArg, progress: bool = True) -> Iterator[ImageResult]:
-        """Pose of every person in every image the sources name; a bad item becomes that result's error."""
-        return run_on_sources(self, sources, progress=progress)
-
-    # -- internals ----------------------------------------------------------------------------------
-    def _prepare(self, image: Any) -> Any:
-        """The image where processing happens: a host array, or a device tensor (uploaded once)."""
+    def _pose(self, images: list[Any], box_sets: list[tuple[Any, Any]]) -> list[list[Person]]:
+        counts = [int(boxes.shape[0]) for boxes, _ in box_sets]
+        if sum(counts) == 0:
+            return [[] for _ in images]
         if self.processing == "torch":
-            import torch
+            rows = self._pose_torch(images, box_sets, counts)
+        else:
+            rows = self._pose_numpy(images, box_sets, counts)
+        return _people_from_rows(rows, counts)
 
-            return torch.as_tensor(image).to(self.device)
-        return to_numpy(image)
-
-    def _pose(self, image: Any, boxes: Any, scores: Any) -> list[Person]:
-        count = int(boxes.shape[0])
-        if count == 0:
-            return []
-        input_size = self.pose_spec.input_size
-        if not is_torch(boxes):
-            boxes = np.asarray(
-                boxes, dtype=np.float64
-            )  # crop matrices in double precision, as OpenCV uses them
-        matrices = boxes_to_affine_matrices(boxes, input_size, self.bbox_padding)
-        inverse = invert_affine_matrices(matrices)
+    def _pose_numpy(
+        self, images: list[np.ndarray], box_sets: list[tuple[Any, Any]], counts: list[int]
+    ) -> Any:
+        """The reference: cv2 crops per image, NumPy normalisation and decoding; rows as `_pack_rows`."""
+        spec, input_size = self.pose_spec, self.pose_spec.input_size
+        with self._timer.stage("pre"):
+            # crop matrices in double precision, as OpenCV uses them
+            boxes = np.concatenate([np.asarray(b, dtype=np.float64).reshape(-1, 4) for b, _ in box_sets])
+            scores = np.concatenate([np.asarray(s, dtype=np.float32).reshape(-1) for _, s in box_sets])
+            matrices = boxes_to_affine_matrices(boxes, input_size, self.bbox_padding)
+            inverse = invert_affine_matrices(matrices)
+            crops = np.concatenate([
+                warp_crops_numpy(image, matrices[start : start + count], input_size)
+                for image, start, count in zip(images, np.cumsum([0, *counts[:-1]]), counts, strict=True)
+            ])  # fmt: skip
         keypoint_chunks, score_chunks = [], []
-        for start in range(0, count, self.max_batch):
+        for start in range(0, len(boxes), self.max_batch):
             chunk = slice(start, start + self.max_batch)
-            if self.processing == "torch":
-                crops = warp_crops_torch(image, matrices[chunk], input_size)
-                batch = normalize_torch(
-                    crops, self.pose_spec.mean, self.pose_spec.std, self.pose_spec.channel_order
-                )
-            else:
-                crops = warp_crops_numpy(image, matrices[chunk], input_size)
-                batch = normalize_numpy(
-                    crops, self.pose_spec.mean, self.pose_spec.std, self.pose_spec.channel_order
-                )
-            outputs = outputs_as(self.processing, self.pose_engine(batch), self.device)
-            keypoints, keypoint_scores = decode_pose(self.pose_spec, outputs)
-            keypoint_chunks.append(transform_points(keypoints, inverse[chunk]))
-            score_chunks.append(keypoint_scores)
-        return self._to_people(boxes, scores, keypoint_chunks, score_chunks)
+            with self._timer.stage("pre"):
+                batch = normalize_numpy(crops[chunk], spec.mean, spec.std, spec.channel_order)
+            with self._timer.stage("infer"):
+                outputs = outputs_as("numpy", run_engine(self.pose_engine, batch))
+            with self._timer.stage("post"):
+                keypoints, keypoint_scores = decode_pose(spec, outputs)
+                keypoint_chunks.append(transform_points(keypoints, inverse[chunk]))
+                score_chunks.append(keypoint_scores)
+        with self._timer.stage("post"):
+            return _pack_rows(
+                np, boxes, scores, np.concatenate(keypoint_chunks), np.concatenate(score_chunks)
+            )
 
-    def _to_people(self, boxes: Any, scores: Any, keypoint_chunks: list, score_chunks: list) -> list[Person]:
-        if self.processing == "torch":
+    def _device_constants(self) -> tuple[Any, Any]:
+        if self._constants is None:
             import torch
 
-            keypoints = torch.cat(keypoint_chunks).to(torch.float32)
-            keypoint_scores = torch.cat(score_chunks).to(torch.float32)
-        else:
-            keypoints, keypoint_scores = np.concatenate(keypoint_chunks), np.concatenate(score_chunks)
-        boxes, scores = to_numpy(boxes).astype(np.float32), to_numpy(scores).astype(np.float32)
-        keypoints = to_numpy(keypoints).astype(np.float32)
-        keypoint_scores = to_numpy(keypoint_scores).astype(np.float32)
-        return [
-            Person(
-                bbox=boxes[i],
-                score=float(scores[i]),
-                keypoints=keypoints[i],
-                keypoint_scores=keypoint_scores[i],
+            self._constants = (
+                torch.tensor(self.pose_spec.mean, dtype=torch.float32, device=self.device),
+                torch.tensor(self.pose_spec.std, dtype=torch.float32, device=self.device),
             )
-            for i in range(len(boxes))
-        ]
+        return self._constants
+
+    def _pose_torch(
+        self, images: list[Any], box_sets: list[tuple[Any, Any]], counts: list[int]
+    ) -> np.ndarray:
+        """All persons of all images on the device; rows come back to the host in one copy."""
+        import torch
+
+        from rtpose.preprocess.device_batch import ImagePack, crop_normalize_torch
+
+        spec, input_size = self.pose_spec, self.pose_spec.input_size
+        mean, std = self._device_constants()
+        with self._timer.stage("pre"):
+            boxes = torch.cat([b.reshape(-1, 4) for b, _ in box_sets]).to(self.device, torch.float64)
+            scores = torch.cat([s.reshape(-1) for _, s in box_sets]).to(self.device, torch.float32)
+            matrices = boxes_to_affine_matrices(boxes, input_size, self.bbox_padding)
+            inverse = invert_affine_matrices(matrices)
+            pack = ImagePack(images)
+            params = pack.crop_params(np.repeat(np.arange(len(images)), counts))
+        keypoint_chunks, score_chunks = [], []
+        total = int(boxes.shape[0])
+        for start in range(0, total, self.max_batch):
+            stop = min(start + self.max_batch, total)
+            with self._timer.stage("pre"):
+                rows = engine_input_rows(self.pose_engine, stop - start, (3, *input_size), self.device)
+                batch = crop_normalize_torch(
+                    pack, params[start:stop], matrices[start:stop], input_size, mean, std,
+                    spec.channel_order, out=rows,
+                )  # fmt: skip
+            with self._timer.stage("infer"):
+                outputs = outputs_as("torch", self.pose_engine(batch), self.device)
+            with self._timer.stage("post"):
+                keypoints, keypoint_scores = decode_pose(spec, outputs)
+                keypoint_chunks.append(transform_points(keypoints, inverse[start:stop]))
+                score_chunks.append(keypoint_scores.to(torch.float32))
+        with self._timer.stage("post"):
+            rows = _pack_rows(torch, boxes, scores, torch.cat(keypoint_chunks), torch.cat(score_chunks))
+            return rows.cpu().numpy()  # the one device-to-host copy
+
+
+def _pack_rows(xp: Any, boxes: Any, scores: Any, keypoints: Any, keypoint_scores: Any) -> Any:
+    """One float32 row per person: box (4), score (1), then (x, y, score) per keypoint (K * 3)."""
+    n = boxes.shape[0]
+    as32 = (lambda a: np.asarray(a, np.float32)) if xp is np else (lambda a: a.to(xp.float32))
+    cat = np.concatenate if xp is np else xp.cat
+    keypoint_part = cat([as32(keypoints), as32(keypoint_scores)[..., None]], -1).reshape(n, -1)
+    return cat([as32(boxes), as32(scores).reshape(n, 1), keypoint_part], 1)
+
+
+def _people_from_rows(rows: np.ndarray, counts: list[int]) -> list[list[Person]]:
+    keypoints = rows[:, 5:].reshape(len(rows), -1, 3)
+    people: list[list[Person]] = []
+    start = 0
+    for count in counts:
+        people.append([
+            Person(
+                bbox=rows[i, :4].copy(), score=float(rows[i, 4]),
+                keypoints=keypoints[i, :, :2].copy(), keypoint_scores=keypoints[i, :, 2].copy(),
+            )
+            for i in range(start, start + count)
+        ])  # fmt: skip
+        start += count
+    return people
