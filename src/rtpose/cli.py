@@ -202,6 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--force", action="store_true", help="rebuild even when a valid engine is cached")
     build.set_defaults(handler=cmd_build)
 
+    from rtpose.benchmarks.cli import add_bench_parser, run_bench
+
+    bench = add_bench_parser(sub)
+    bench.set_defaults(handler=run_bench)
+
     models = sub.add_parser(
         "models", help="list the model zoo", description="The model zoo, and which weights are found offline."
     )

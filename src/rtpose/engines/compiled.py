@@ -56,15 +56,21 @@ PRECISION_DTYPES: dict[str, torch.dtype] = {
     "bf16": torch.bfloat16,
 }
 
-#: Inductor options per device type; autotuning only pays off (and only exists for convs) on CUDA
+#: Inductor options per device type. On CUDA, GEMMs are autotuned against Triton templates while convs
+#: stay on cuDNN: autotuning Triton conv templates as well costs about 9 s per conv shape on an H100
+#: (several minutes for RTMPose-m) — pass `inductor_options=FULL_AUTOTUNE_CUDA` for that.
 DEFAULT_INDUCTOR_OPTIONS: dict[str, dict[str, Any]] = {
     "cuda": {
         "max_autotune": True,
-        "max_autotune_conv_backends": "ATEN,TRITON",
+        "max_autotune_conv_backends": "ATEN",
         "max_autotune_gemm_backends": "ATEN,TRITON",
         "epilogue_fusion": True,
     },
     "cpu": {},
+}
+FULL_AUTOTUNE_CUDA: dict[str, Any] = {
+    **DEFAULT_INDUCTOR_OPTIONS["cuda"],
+    "max_autotune_conv_backends": "ATEN,TRITON",
 }
 
 
