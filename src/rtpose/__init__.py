@@ -26,9 +26,10 @@ _LAZY: dict[str, str] = {
     "TopDown": "rtpose.pipelines.topdown",
     "Detector": "rtpose.pipelines.detector",
     "BottomUp": "rtpose.pipelines.bottomup",
+    "Pipeline": "rtpose.pipelines.video",
 }
 
-__all__ = ["BottomUp", "Detector", "ImageResult", "Person", "TopDown", "__version__"]
+__all__ = ["BottomUp", "Detector", "ImageResult", "Person", "Pipeline", "TopDown", "__version__"]
 
 
 def __getattr__(name: str) -> Any:

@@ -203,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     build.set_defaults(handler=cmd_build)
 
     from rtpose.benchmarks.cli import add_bench_parser, run_bench
+    from rtpose.pipelines.video_cli import add_video_parser, run_video
+
+    video = add_video_parser(sub)
+    video.set_defaults(handler=run_video)
 
     bench = add_bench_parser(sub)
     bench.set_defaults(handler=run_bench)

@@ -1,0 +1,229 @@
+"""Video pipeline measurements on this machine: `python -m rtpose.benchmarks.video_bench`.
+
+1. throughput: frames/s of the whole pipeline (decode, detector every N frames, pose, tracking,
+   smoothing) for 1, 2 and 4 copies of the street video, ONNX Runtime on the CPU;
+2. tracking quality on the street video without ground-truth tracks, by proxies:
+   - births: tracks whose first frame is after the first `settle` frames. On a street people do walk in,
+     so this is an upper bound of fragmentation (a broken track reappears as a birth);
+   - short tracks: tracks reported on fewer than `short` frames (fragments or false positives);
+   - jumps: consecutive reports of one id whose box centre moved more than half the box height in one
+     frame: the id hopped to a spatially distant person (an ID switch that IoU tracking can make);
+3. jitter: for the most static long track (a standing person), the mean absolute second difference of
+   its keypoints (pixels per frame^2, confident keypoints only), with and without One-Euro smoothing;
+4. memory: RSS and traced Python memory over a long run of a tiny synthetic source with a fake model.
+
+Models resolve as everywhere else (set RTPOSE_OFFLINE_DIR to the shared models folder here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import os
+import resource
+import time
+import tracemalloc
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from rtpose.pipelines.video import FrameResult, Pipeline
+from rtpose.tracking.one_euro import OneEuroParams, PoseSmoother
+from rtpose.types import Person
+
+
+def _default_video() -> Path:
+    data = Path(os.environ.get("RTPOSE_DATA", Path(__file__).resolve().parents[3].parent / "shared" / "data"))
+    return data / "video" / "openpose_video.avi"
+
+
+# -- 1. throughput ----------------------------------------------------------------------------------
+def throughput(
+    video: Path, streams: int, frames: int, pose: str, det_interval: int, batch: int, **kw
+) -> dict:
+    pipeline = Pipeline(pose, "rtmdet-nano", det_interval=det_interval, batch_size=batch, **kw)
+    names = [pipeline.add_source(video, name=f"s{i}") for i in range(streams)]
+    counts = dict.fromkeys(names, 0)
+    latencies = []
+    start = None
+    for result in pipeline:
+        start = start or time.perf_counter()  # the clock starts at the first result: model load excluded
+        counts[result.stream] += 1
+        latencies.append(result.latency)
+        if counts[result.stream] == frames:
+            pipeline.remove_source(result.stream)
+    elapsed = time.perf_counter() - (start or time.perf_counter())
+    total = sum(counts.values())
+    return {"streams": streams, "frames": total, "seconds": round(elapsed, 2),
+            "fps_total": round((total - 1) / elapsed, 2) if elapsed else None,
+            "fps_per_stream": round((total - 1) / elapsed / streams, 2) if elapsed else None,
+            "latency_ms_median": round(1000 * float(np.median(latencies)), 1)}  # fmt: skip
+
+
+# -- 2. and 3. tracking quality and jitter ---------------------------------------------------------
+def _run_tracks(video: Path, pose: str, det_interval: int, frames: int) -> list[FrameResult]:
+    """Results of the pipeline without smoothing (tracking on)."""
+    pipeline = Pipeline(pose, "rtmdet-nano", det_interval=det_interval, smooth=False)
+    pipeline.add_source(video, name="street")
+    results = []
+    for result in pipeline:
+        result.image = None  # keep memory small
+        results.append(result)
+        if len(results) == frames:
+            pipeline.remove_source("street")
+    return results
+
+
+def smoothed(results: list[FrameResult], params: OneEuroParams | None = None) -> list[FrameResult]:
+    """The same results smoothed afterwards: what the pipeline with smoothing reports, since smoothing is its
+    last step and nothing feeds back from it (boxes for the next frame come from unsmoothed keypoints)."""
+    smoother = PoseSmoother(params)
+    return [dataclasses.replace(r, people=smoother(r.people, r.time)) for r in results]
+
+
+def track_quality(results: list[FrameResult], settle: int = 10, short: int = 10) -> dict:
+    by_id: dict[int, list[tuple[int, Person]]] = defaultdict(list)
+    for result in results:
+        for person in result.people:
+            if person.track_id is not None:
+                by_id[person.track_id].append((result.frame, person))
+    jumps = 0
+    for reports in by_id.values():
+        for (f0, a), (f1, b) in itertools.pairwise(reports):
+            if f1 != f0 + 1:
+                continue
+            centre_a, centre_b = (a.bbox[:2] + a.bbox[2:]) / 2, (b.bbox[:2] + b.bbox[2:]) / 2
+            if np.linalg.norm(centre_b - centre_a) > 0.5 * max(float(a.bbox[3] - a.bbox[1]), 1.0):
+                jumps += 1
+    lengths = [len(r) for r in by_id.values()]
+    return {
+        "frames": len(results),
+        "people_per_frame_mean": round(float(np.mean([len(r.people) for r in results])), 2),
+        "people_per_frame_max": max(len(r.people) for r in results),
+        "track_ids": len(by_id),
+        "births_after_first_frames": sum(1 for r in by_id.values() if r[0][0] >= settle),
+        "short_tracks": sum(1 for n in lengths if n < short),
+        "jumps": jumps,
+        "median_track_length": float(np.median(lengths)) if lengths else 0,
+    }
+
+
+def _static_track(results: list[FrameResult], min_length: int = 40) -> int | None:
+    """The id of the long track whose box centre moved least (a standing person)."""
+    centres: dict[int, list[np.ndarray]] = defaultdict(list)
+    for result in results:
+        for person in result.people:
+            centres[int(person.track_id or -1)].append((person.bbox[:2] + person.bbox[2:]) / 2)
+    candidates = {
+        tid: float(np.ptp(np.stack(c), axis=0).max())
+        for tid, c in centres.items()
+        if tid >= 0 and len(c) >= min_length
+    }
+    return min(candidates, key=candidates.get) if candidates else None  # type: ignore[arg-type]
+
+
+def jitter(results: list[FrameResult], track_id: int, kpt_thr: float = 0.3) -> float:
+    """Mean |x[t] - 2 x[t-1] + x[t-2]| over confident keypoints of consecutive frames of one track."""
+    series = {r.frame: p for r in results for p in r.people if p.track_id == track_id}
+    values = []
+    for frame in sorted(series):
+        if frame - 1 in series and frame - 2 in series:
+            k0, k1, k2 = (series[f] for f in (frame - 2, frame - 1, frame))
+            ok = np.ones(len(k2.keypoints), bool)
+            for p in (k0, k1, k2):
+                if p.keypoint_scores is not None:
+                    ok &= p.keypoint_scores > kpt_thr
+            accel = k2.keypoints - 2 * k1.keypoints + k0.keypoints
+            values.extend(np.linalg.norm(accel[ok], axis=1).tolist())
+    return round(float(np.mean(values)), 3) if values else float("nan")
+
+
+# -- 4. memory --------------------------------------------------------------------------------------
+class _StillModel:
+    """Fake FramePoseModel: two people at fixed places with slightly noisy keypoints (no inference)."""
+
+    def __init__(self) -> None:
+        self.rng = np.random.default_rng(0)
+        self.boxes = np.array([[10, 10, 40, 80], [60, 20, 90, 90]], np.float32)
+
+    def detect(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [(self.boxes.copy(), np.array([0.9, 0.8], np.float32)) for _ in images]
+
+    def pose(self, images: list, boxes: list[np.ndarray], scores: list[np.ndarray]) -> list[list[Person]]:
+        out = []
+        for frame_boxes, frame_scores in zip(boxes, scores, strict=True):
+            people = []
+            for box, score in zip(frame_boxes, frame_scores, strict=True):
+                grid = np.linspace(box[:2] + 3, box[2:] - 3, 17) + self.rng.normal(0, 0.5, (17, 2))
+                people.append(Person(box.astype(np.float32), float(score), grid.astype(np.float32),
+                                     np.full(17, 0.9, np.float32)))  # fmt: skip
+            out.append(people)
+        return out
+
+
+def memory(frames: int, checkpoints: tuple[int, ...]) -> dict:
+    image = np.zeros((96, 128, 3), np.uint8)
+    pipeline = Pipeline(model=_StillModel(), det_interval=3, batch_timeout=0.0)
+    pipeline.add_source((image for _ in range(frames)), name="long")
+    tracemalloc.start()
+    out = {}
+    for result in pipeline:
+        if result.frame + 1 in checkpoints:
+            rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            out[result.frame + 1] = {"traced_kib": round(tracemalloc.get_traced_memory()[0] / 1024, 1),
+                                     "max_rss_mib": round(rss_mib, 1)}  # fmt: skip
+    tracemalloc.stop()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--video", type=Path, default=_default_video())
+    parser.add_argument("--pose", default="rtmpose-t", help="pose model for throughput")
+    parser.add_argument("--pose-weights", default=None)
+    parser.add_argument("--quality-pose", default="movenet-lightning", help="pose model for tracking quality")
+    parser.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--frames", type=int, default=60, help="frames per stream for throughput")
+    parser.add_argument("--det-interval", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--quality-frames", type=int, default=205)
+    parser.add_argument("--quality-intervals", type=int, nargs="+", default=[5], help="detector intervals")
+    parser.add_argument("--memory-frames", type=int, default=10_000)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["throughput", "quality", "memory"])
+    args = parser.parse_args(argv)
+    report: dict = {}
+    if "throughput" not in args.skip:
+        report["throughput"] = [
+            throughput(args.video, n, args.frames, args.pose, args.det_interval, args.batch,
+                       pose_weights=args.pose_weights)
+            for n in args.streams
+        ]  # fmt: skip
+        print(json.dumps(report["throughput"], indent=1), flush=True)
+    if "quality" not in args.skip:
+        quality = {}
+        for interval in args.quality_intervals:
+            raw = _run_tracks(args.video, args.quality_pose, interval, args.quality_frames)
+            smooth = smoothed(raw)
+            entry = track_quality(raw)
+            static = _static_track(raw)
+            entry["static_track"] = static
+            if static is not None:
+                entry["jitter_px_raw"] = jitter(raw, static)
+                entry["jitter_px_smoothed"] = jitter(smooth, static)
+            quality[f"det_interval_{interval}"] = entry
+        report["tracking"] = {"pose": args.quality_pose, **quality}
+        print(json.dumps(report["tracking"], indent=1), flush=True)
+    if "memory" not in args.skip:
+        marks = (1000, args.memory_frames // 2, args.memory_frames)
+        report["memory"] = {"frames": args.memory_frames, "at": memory(args.memory_frames, marks)}
+        print(json.dumps(report["memory"], indent=1), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

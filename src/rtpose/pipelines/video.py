@@ -1,0 +1,358 @@
+"""`Pipeline`: pose estimation on many video sources at once, with tracking, smoothing and outputs.
+
+    with Pipeline("rtmpose-t", "rtmdet-nano", out_dir="out", jsonl="poses.jsonl") as pipeline:
+        pipeline.add_source("street.mp4")
+        pipeline.add_source("rtsp://camera/stream")
+        for result in pipeline:            # one FrameResult per frame, streams interleaved
+            print(result.stream, result.frame, [p.track_id for p in result.people])
+
+Per step, the frames waiting in the sources (at most one per stream, up to `batch_size` streams) form
+one batch: the detector runs on those frames that need it this step (every `det_interval` frames of a
+stream), then the pose model runs on every person box of every frame of the batch. Each stream's own
+`StreamTemporalState` then applies pose NMS, tracking and smoothing (`rtpose.tracking.temporal`).
+Sources can be added and removed while iterating; one failing stream is logged and reported in
+`pipeline.ended`, the others go on. Leaving the loop in any way (end, `break`, Ctrl-C, an exception)
+closes every output, so MP4 and JSONL files are always complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from rtpose.errors import RtposeError
+from rtpose.sinks.draw import draw_people
+from rtpose.sinks.json_out import JsonlWriter
+from rtpose.sinks.video_writer import StreamVideoWriters
+from rtpose.sources.stream_hub import Batch, Frame, ReconnectPolicy, StreamEnd, StreamHub
+from rtpose.sources.video import DecodeMode
+from rtpose.tracking.bytetrack import TrackerConfig
+from rtpose.tracking.one_euro import OneEuroParams
+from rtpose.tracking.temporal import StreamTemporalState, TemporalConfig
+from rtpose.types import Person
+
+logger = logging.getLogger("rtpose.video")
+
+BoxesAndScores = tuple[np.ndarray, np.ndarray]
+
+
+class FramePoseModel(Protocol):
+    """What the video pipeline needs from a top-down model: batched over the frames of one step."""
+
+    def detect(self, images: list[np.ndarray]) -> list[BoxesAndScores]:
+        """Person boxes (M, 4) x1y1x2y2 and scores (M,) of every image."""
+        ...
+
+    def pose(
+        self, images: list[np.ndarray], boxes: list[np.ndarray], scores: list[np.ndarray]
+    ) -> list[list[Person]]:
+        """People with keypoints for the given boxes of every image."""
+        ...
+
+
+class TopDownFrameModel:
+    """`FramePoseModel` over a `TopDown` pipeline.
+
+    Uses TopDown's batch-of-images methods where it has them (`detect_batch`, `predict_on_boxes_batch`:
+    all persons of all frames of a step in one pose-engine call); otherwise calls it frame by frame.
+    """
+
+    def __init__(self, topdown: Any) -> None:
+        if topdown.detector is None:
+            raise RtposeError("the video pipeline needs a detector: build TopDown with det=...")
+        self.topdown = topdown
+
+    def detect(self, images: list[np.ndarray]) -> list[BoxesAndScores]:
+        from rtpose.pipelines.processing import to_numpy
+
+        batched = getattr(self.topdown.detector, "detect_batch", None)
+        found = batched(images) if batched is not None else [self.topdown.detector.detect(i) for i in images]
+        return [(to_numpy(b).astype(np.float32), to_numpy(s).astype(np.float32)) for b, s in found]
+
+    def pose(
+        self, images: list[np.ndarray], boxes: list[np.ndarray], scores: list[np.ndarray]
+    ) -> list[list[Person]]:
+        batched = getattr(self.topdown, "predict_on_boxes_batch", None)
+        if batched is not None:
+            return batched(images, boxes, scores)
+        return [
+            self.topdown.predict_on_boxes(image, b, s) if len(b) else []
+            for image, b, s in zip(images, boxes, scores, strict=True)
+        ]
+
+
+@dataclass
+class FrameResult:
+    stream: str
+    frame: int
+    #: presentation time of the frame in its stream, seconds
+    time: float
+    people: list[Person]
+    #: the decoded frame, BGR
+    image: np.ndarray | None = None
+    #: seconds from decoding to this result
+    latency: float = 0.0
+    #: whether the detector ran on this frame (else boxes came from the last poses)
+    detected: bool = False
+    error: str | None = None
+
+    def to_json(self) -> dict:
+        out: dict = {"stream": self.stream, "frame": self.frame, "time": round(self.time, 4),
+                     "people": [p.to_json() for p in self.people]}  # fmt: skip
+        if self.error is not None:
+            out["error"] = self.error
+        return out
+
+
+@dataclass
+class StreamRate:
+    """Live numbers of one stream for status lines: results per second and latency (moving averages)."""
+
+    frames: int = 0
+    fps: float = 0.0
+    latency: float = 0.0
+    _last: float | None = field(default=None, repr=False)
+
+    def add(self, latency: float, now: float, weight: float = 0.1) -> None:
+        self.frames += 1
+        self.latency = latency if self.frames == 1 else (1 - weight) * self.latency + weight * latency
+        if self._last is not None and now > self._last:
+            rate = 1.0 / (now - self._last)
+            self.fps = rate if self.fps == 0 else (1 - weight) * self.fps + weight * rate
+        self._last = now
+
+
+class Pipeline:
+    """Multi-stream pose pipeline (see the module docstring).
+
+    model: any `FramePoseModel` (tests, custom engines); when None, a `TopDown(pose, det, backend=...,
+    device=..., pose_weights=..., det_weights=...)` is built. temporal: all temporal settings at once
+    (else built from det_interval / track / smooth / one_euro / tracker).
+    """
+
+    def __init__(
+        self,
+        pose: str | os.PathLike[str] = "rtmpose-t",
+        det: str | os.PathLike[str] = "rtmdet-nano",
+        *,
+        model: FramePoseModel | None = None,
+        backend: str = "ort",
+        device: str = "cpu",
+        pose_weights: str | os.PathLike[str] | None = None,
+        det_weights: str | os.PathLike[str] | None = None,
+        det_interval: int = 5,
+        batch_size: int = 8,
+        batch_timeout: float = 0.02,
+        realtime: bool = False,
+        queue_size: int = 8,
+        decode: DecodeMode = "auto",
+        track: bool = True,
+        smooth: bool = True,
+        one_euro: OneEuroParams | None = None,
+        tracker: TrackerConfig | None = None,
+        temporal: TemporalConfig | None = None,
+        out_dir: str | os.PathLike[str] | None = None,
+        jsonl: str | os.PathLike[str] | None = None,
+        kpt_thr: float = 0.3,
+        reconnect: ReconnectPolicy | None = None,
+        sources: Iterable[str | os.PathLike[str]] = (),
+    ) -> None:
+        if batch_size < 1:
+            raise RtposeError(f"batch_size must be at least 1, not {batch_size}")
+        if batch_timeout < 0:
+            raise RtposeError(f"batch_timeout must be >= 0, not {batch_timeout}")
+        self.temporal = temporal or TemporalConfig(
+            det_interval=det_interval, track=track, smooth=smooth and track, kpt_thr=kpt_thr,
+            one_euro=one_euro or OneEuroParams(), tracker=tracker or TrackerConfig(),
+        )  # fmt: skip
+        if model is None:
+            from rtpose.pipelines.topdown import TopDown
+
+            # with tracking, low-score boxes are wanted too: ByteTrack uses them to continue tracks
+            det_score_thr = self.temporal.tracker.low_thr if self.temporal.track else None
+            topdown = TopDown(
+                pose, det, backend=backend, device=device, pose_weights=pose_weights, det_weights=det_weights,
+                det_score_thr=det_score_thr,
+            )  # fmt: skip
+            model = TopDownFrameModel(topdown)
+        self.model = model
+        self.batch_size, self.batch_timeout = int(batch_size), float(batch_timeout)
+        self.kpt_thr = kpt_thr
+        self.hub = StreamHub(queue_size=queue_size, realtime=realtime, decode=decode, reconnect=reconnect)
+        self.ended: list[StreamEnd] = []
+        self.rates: dict[str, StreamRate] = {}
+        self._states: dict[str, StreamTemporalState] = {}
+        self._videos = StreamVideoWriters(out_dir) if out_dir is not None else None
+        self._jsonl = JsonlWriter(jsonl) if jsonl is not None else None
+        self._closed = False
+        self._stop = threading.Event()
+        for source in sources:
+            self.add_source(source)
+
+    # -- sources ----------------------------------------------------------------------------------
+    def add_source(
+        self,
+        source: str | os.PathLike[str] | Iterable[np.ndarray],
+        name: str | None = None,
+        fps: float | None = None,
+    ) -> str:
+        """Start a file, image folder, camera ("0", "/dev/video0"), URL or iterable of BGR images; returns
+        its stream name. Safe to call while iterating."""
+        if self._closed:
+            raise RtposeError("this pipeline is closed; create a new one")
+        name = self.hub.add(source, name, fps)
+        self.rates[name] = StreamRate()
+        return name
+
+    def remove_source(self, name: str) -> None:
+        """Stop a stream while running; its outputs are finished and it is reported as removed."""
+        self.hub.remove(name)
+
+    @property
+    def streams(self) -> list[str]:
+        return self.hub.names()
+
+    # -- running ----------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[FrameResult]:
+        return self.results()
+
+    def results(self, *, stop_when_idle: bool = True) -> Iterator[FrameResult]:
+        """Results as they come. Ends when every stream has ended (stop_when_idle) or, for a service
+        that adds sources later, runs until `close()` (stop_when_idle=False)."""
+        try:
+            while not self._closed and not self._stop.is_set():
+                batch = self.hub.next_batch(self.batch_size, self.batch_timeout)
+                if batch is None:
+                    if stop_when_idle:
+                        break
+                    time.sleep(0.05)
+                    continue
+                yield from self._process(batch)
+        finally:
+            self.close()
+
+    def run(self) -> list[StreamEnd]:
+        """Process every source to its end, writing the outputs; returns how each stream ended."""
+        for _ in self.results():
+            pass
+        return self.ended
+
+    def stop(self) -> None:
+        """Ask a running `results()` loop to end after the current step (any thread, signal handlers)."""
+        self._stop.set()
+
+    def close(self) -> None:
+        """Stop the readers and finish every output file; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.hub.close()
+        finally:
+            if self._videos is not None:
+                self._videos.close()
+            if self._jsonl is not None:
+                self._jsonl.close()
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- one step ---------------------------------------------------------------------------------
+    def _process(self, batch: Batch) -> Iterator[FrameResult]:
+        results = self._infer(batch.frames) if batch.frames else []
+        for result in results:
+            self._emit(result)
+            yield result
+        for end in batch.ended:
+            self._end_stream(end)
+
+    def _infer(self, frames: list[Frame]) -> list[FrameResult]:
+        plans = []
+        for frame in frames:
+            state = self._states.get(frame.stream)
+            if state is None:
+                state = self._states[frame.stream] = StreamTemporalState(self.temporal)
+            plans.append(state.plan(frame.image.shape[:2]))
+        try:
+            people = self._run_model([f.image for f in frames], plans)
+        except Exception as exc:  # find the frame at fault: run each alone, so the others still get results
+            if len(frames) == 1:
+                return [self._failed(frames[0], exc)]
+            logger.debug("batch failed (%s); retrying frame by frame", exc)
+            return [r for frame in frames for r in self._infer([frame])]
+        results = []
+        now = time.monotonic()
+        for frame, plan, found in zip(frames, plans, people, strict=True):
+            tracked = self._states[frame.stream].finish(found, frame.time, detected=plan is None)
+            results.append(FrameResult(frame.stream, frame.index, frame.time, tracked, frame.image,
+                                       now - frame.decoded_at, plan is None))  # fmt: skip
+        return results
+
+    def _run_model(self, images: list[np.ndarray], plans: list[BoxesAndScores | None]) -> list[list[Person]]:
+        to_detect = [i for i, plan in enumerate(plans) if plan is None]
+        boxes: list[BoxesAndScores | None] = list(plans)
+        if to_detect:
+            for i, found in zip(to_detect, self.model.detect([images[i] for i in to_detect]), strict=True):
+                boxes[i] = found
+        chosen = [b for b in boxes if b is not None]
+        return self.model.pose(images, [b[0] for b in chosen], [b[1] for b in chosen])
+
+    def _failed(self, frame: Frame, exc: Exception) -> FrameResult:
+        message = str(exc) if isinstance(exc, RtposeError) else f"internal error: {type(exc).__name__}: {exc}"
+        logger.error("%s frame %d: %s", frame.stream, frame.index, message)
+        state = self._states[frame.stream]
+        state.frames_seen += 1
+        return FrameResult(frame.stream, frame.index, frame.time, [], frame.image,
+                           time.monotonic() - frame.decoded_at, error=message)  # fmt: skip
+
+    def _emit(self, result: FrameResult) -> None:
+        rate = self.rates.setdefault(result.stream, StreamRate())
+        rate.add(result.latency, time.monotonic())
+        if self._jsonl is not None:
+            self._jsonl.write(result.to_json())
+        if self._videos is not None and result.image is not None:
+            canvas = draw_people(result.image, result.people, kpt_thr=self.kpt_thr)
+            fps = self.hub.stats().get(result.stream)
+            self._videos.write(result.stream, canvas, fps.fps if fps is not None else 30.0)
+
+    def _end_stream(self, end: StreamEnd) -> None:
+        self.ended.append(end)
+        self._states.pop(end.stream, None)
+        if self._videos is not None:
+            self._videos.close_stream(end.stream)
+        if end.error is not None:
+            logger.warning("%s: %s after %d frames: %s", end.stream, end.reason, end.frames, end.error)
+
+
+@contextlib.contextmanager
+def stop_on_sigint(pipeline: Pipeline) -> Iterator[None]:
+    """Within the block, a first Ctrl-C ends the pipeline cleanly after the frame in hand (every output
+    then holds exactly the same frames); a second one interrupts at once (KeyboardInterrupt, outputs still
+    closed). Only in the main thread; elsewhere it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        if pipeline._stop.is_set():
+            raise KeyboardInterrupt
+        logger.warning("interrupted: finishing the outputs (Ctrl-C again to stop at once)")
+        pipeline.stop()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -1,0 +1,224 @@
+"""Multi-person tracking: ByteTrack's two-stage association with a Kalman box motion model.
+
+Why ByteTrack: it keeps low-score detections (a person half hidden behind another) and uses them to
+continue existing tracks instead of throwing them away, which is what keeps identities through
+crossings and short occlusions. Per frame:
+
+1. predict every track's box one frame ahead (constant velocity);
+2. match high-score people (score >= high_thr) to tracked and recently lost tracks by IoU, optionally
+   fused with OKS between the track's last pose (moved with the predicted motion) and the new pose;
+3. match the remaining tracked tracks to low-score people (low_thr <= score < high_thr) by IoU alone;
+4. tracks still unmatched become "lost" and are kept for `track_buffer` frames, so a person who
+   reappears within that time gets the same id back;
+5. unmatched high-score people start tentative tracks, which get an id once seen on two consecutive
+   frames (on the very first frame they get one at once), so a single false detection never takes one.
+
+The assignment is exact (`matching.linear_assignment`), not greedy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+
+from rtpose.errors import RtposeError
+from rtpose.postprocess.pose_nms import oks_iou
+from rtpose.tracking.kalman import BoxKalmanFilter, xyah_to_xyxy, xyxy_to_xyah
+from rtpose.tracking.matching import iou_matrix, linear_assignment
+from rtpose.types import Person
+
+
+class TrackState(Enum):
+    TENTATIVE = "tentative"
+    TRACKED = "tracked"
+    LOST = "lost"
+
+
+@dataclass
+class TrackerConfig:
+    """ByteTrack settings; thresholds on `Person.score`, match thresholds on cost = 1 - similarity.
+
+    The score thresholds are lower than ByteTrack's (0.5 / 0.1 / 0.6, tuned for YOLOX on MOT17):
+    RTMDet-nano person scores rarely exceed 0.6 on small, distant people (0.58 at best on the street
+    video), and its top-down threshold is 0.3.
+    """
+
+    high_thr: float = 0.4
+    low_thr: float = 0.2
+    new_track_thr: float = 0.45
+    match_cost: float = 0.8
+    low_match_cost: float = 0.5
+    tentative_match_cost: float = 0.7
+    #: frames a lost track is remembered
+    track_buffer: int = 30
+    #: weight of OKS in the similarity (0 = IoU only); used only where both sides have keypoints
+    oks_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.low_thr <= self.high_thr:
+            raise RtposeError(f"tracker: need 0 <= low_thr <= high_thr, got {self.low_thr}, {self.high_thr}")
+        if self.track_buffer < 0:
+            raise RtposeError(f"tracker: track_buffer must be >= 0, got {self.track_buffer}")
+        if not 0.0 <= self.oks_weight <= 1.0:
+            raise RtposeError(f"tracker: oks_weight must be in [0, 1], got {self.oks_weight}")
+
+
+@dataclass
+class Track:
+    track_id: int
+    mean: np.ndarray
+    covariance: np.ndarray
+    person: Person
+    state: TrackState
+    start_frame: int
+    last_frame: int
+    hits: int = 1
+    #: centre shift predicted for this frame (applied to the last pose for OKS)
+    shift: np.ndarray = field(default_factory=lambda: np.zeros(2))
+
+    @property
+    def box(self) -> np.ndarray:
+        """The predicted (or last corrected) box, x1y1x2y2."""
+        return xyah_to_xyxy(self.mean[:4])
+
+
+class ByteTracker:
+    """Assigns stable `track_id`s to the people of consecutive frames of one stream."""
+
+    def __init__(self, config: TrackerConfig | None = None) -> None:
+        self.config = config or TrackerConfig()
+        self.kalman = BoxKalmanFilter()
+        self.tracks: list[Track] = []
+        self.frame_index = -1
+        self._next_id = 1
+
+    def reset(self) -> None:
+        self.tracks.clear()
+        self.frame_index = -1
+        self._next_id = 1
+
+    # -- one frame --------------------------------------------------------------------------------
+    def update(self, people: list[Person]) -> list[Person]:
+        """Track one frame: returns copies of the people that belong to confirmed tracks, with ids."""
+        cfg = self.config
+        self.frame_index += 1
+        self._predict()
+        scores = np.array([p.score for p in people], dtype=np.float64)
+        high = [i for i in range(len(people)) if scores[i] >= cfg.high_thr]
+        low = [i for i in range(len(people)) if cfg.low_thr <= scores[i] < cfg.high_thr]
+        assigned: dict[int, Track] = {}
+
+        # 1) high-score people vs tracked + lost tracks (IoU, optionally fused with OKS)
+        pool = [t for t in self.tracks if t.state in (TrackState.TRACKED, TrackState.LOST)]
+        matched, rest_tracks, rest_high = self._associate(pool, people, high, cfg.match_cost, cfg.oks_weight)
+        for track, index in matched:
+            self._correct(track, people[index])
+            assigned[index] = track
+        # 2) low-score people keep still-tracked tracks alive (IoU only: their poses are unreliable)
+        still_tracked = [t for t in rest_tracks if t.state == TrackState.TRACKED]
+        matched, unmatched_tracks, _ = self._associate(still_tracked, people, low, cfg.low_match_cost, 0.0)
+        for track, index in matched:
+            self._correct(track, people[index])
+            assigned[index] = track
+        for track in unmatched_tracks:
+            track.state = TrackState.LOST
+        # 3) tentative tracks (seen once) vs remaining high-score people
+        tentative = [t for t in self.tracks if t.state == TrackState.TENTATIVE]
+        matched, dead, rest_high = self._associate(
+            tentative, people, rest_high, cfg.tentative_match_cost, 0.0
+        )
+        for track, index in matched:
+            self._correct(track, people[index])
+            track.track_id = self._take_id()
+            assigned[index] = track
+        removed = {id(t) for t in dead}
+        # 4) new tracks
+        for index in rest_high:
+            if scores[index] >= cfg.new_track_thr:
+                assigned_track = self._start(people[index])
+                if assigned_track.state == TrackState.TRACKED:
+                    assigned[index] = assigned_track
+        # 5) forget tracks lost for too long
+        self.tracks = [
+            t for t in self.tracks
+            if id(t) not in removed
+            and not (t.state == TrackState.LOST and self.frame_index - t.last_frame > cfg.track_buffer)
+        ]  # fmt: skip
+        return [dataclasses.replace(people[i], track_id=assigned[i].track_id) for i in sorted(assigned)]
+
+    # -- internals --------------------------------------------------------------------------------
+    def _take_id(self) -> int:
+        self._next_id += 1
+        return self._next_id - 1
+
+    def _predict(self) -> None:
+        if not self.tracks:
+            return
+        means = np.stack([t.mean for t in self.tracks])
+        covariances = np.stack([t.covariance for t in self.tracks])
+        for i, track in enumerate(self.tracks):
+            if track.state != TrackState.TRACKED:
+                means[i, 7] = 0.0  # a lost box keeps its size
+        new_means, new_covariances = self.kalman.predict_many(means, covariances)
+        for track, mean, covariance in zip(self.tracks, new_means, new_covariances, strict=True):
+            track.shift = mean[:2] - track.mean[:2] + track.shift * (track.state == TrackState.LOST)
+            track.mean, track.covariance = mean, covariance
+
+    def _similarity(self, tracks: list[Track], people: list[Person], oks_weight: float) -> np.ndarray:
+        track_boxes = np.stack([t.box for t in tracks])
+        person_boxes = np.stack([np.asarray(p.bbox, dtype=np.float64) for p in people])
+        similarity = iou_matrix(track_boxes, person_boxes)
+        if oks_weight <= 0.0:
+            return similarity
+        for row, track in enumerate(tracks):
+            if track.person.keypoints is None:
+                continue
+            moved = np.asarray(track.person.keypoints, dtype=np.float64) + track.shift
+            for col, person in enumerate(people):
+                if person.keypoints is None or len(person.keypoints) != len(moved):
+                    continue
+                box = person_boxes[col]
+                area = max((box[2] - box[0]) * (box[3] - box[1]), 1.0)
+                oks = float(oks_iou(moved, np.asarray(person.keypoints)[None], area, np.array([area]))[0])
+                similarity[row, col] = (1 - oks_weight) * similarity[row, col] + oks_weight * oks
+        return similarity
+
+    def _associate(
+        self,
+        tracks: list[Track],
+        people: list[Person],
+        indices: list[int],
+        max_cost: float,
+        oks_weight: float,
+    ) -> tuple[list[tuple[Track, int]], list[Track], list[int]]:
+        """(matched (track, person index) pairs, unmatched tracks, unmatched person indices)."""
+        if not tracks or not indices:
+            return [], list(tracks), list(indices)
+        cost = 1.0 - self._similarity(tracks, [people[i] for i in indices], oks_weight)
+        matches, free_rows, free_cols = linear_assignment(cost, max_cost)
+        pairs = [(tracks[r], indices[c]) for r, c in matches]
+        return pairs, [tracks[r] for r in free_rows], [indices[c] for c in free_cols]
+
+    def _correct(self, track: Track, person: Person) -> None:
+        track.mean, track.covariance = self.kalman.update(
+            track.mean, track.covariance, xyxy_to_xyah(np.asarray(person.bbox))
+        )
+        track.person = person
+        track.state = TrackState.TRACKED
+        track.last_frame = self.frame_index
+        track.hits += 1
+        track.shift = np.zeros(2)
+
+    def _start(self, person: Person) -> Track:
+        mean, covariance = self.kalman.initiate(xyxy_to_xyah(np.asarray(person.bbox)))
+        first_frame = self.frame_index == 0
+        track = Track(
+            track_id=self._take_id() if first_frame else 0, mean=mean, covariance=covariance, person=person,
+            state=TrackState.TRACKED if first_frame else TrackState.TENTATIVE,
+            start_frame=self.frame_index, last_frame=self.frame_index,
+        )  # fmt: skip
+        self.tracks.append(track)
+        return track

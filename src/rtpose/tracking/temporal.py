@@ -1,0 +1,115 @@
+"""Per-stream temporal logic of the video pipeline: when to detect, which boxes to pose, and what to
+do with the poses (pose NMS -> tracking -> smoothing).
+
+The model calls themselves are made by the pipeline (batched across streams); this class only keeps one
+stream's state between its frames:
+
+    boxes = state.plan(image_size)        # None: run the detector on this frame
+    people = <pose model on the detector's or these boxes>
+    people = state.finish(people, time_s, detected=boxes is None)
+
+Between detection frames (every `det_interval` frames) the boxes come from the previous frame's
+keypoints (`keypoint_boxes`). A propagated pose whose mean keypoint score falls below
+`min_pose_score` is dropped: the person left or is hidden, and the next detection decides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rtpose.errors import RtposeError
+from rtpose.postprocess.pose_nms import oks_nms
+from rtpose.tracking.bytetrack import ByteTracker, TrackerConfig
+from rtpose.tracking.keypoint_boxes import boxes_from_people
+from rtpose.tracking.one_euro import OneEuroParams, PoseSmoother
+from rtpose.types import Person
+
+
+@dataclass
+class TemporalConfig:
+    #: run the detector every N frames (1 = every frame)
+    det_interval: int = 5
+    #: also run it whenever the previous frame left no pose to follow
+    detect_when_empty: bool = True
+    kpt_thr: float = 0.3
+    box_padding: float = 1.2
+    min_keypoints: int = 3
+    min_pose_score: float = 0.2
+    #: OKS threshold of pose NMS (MMPose: 0.9); None disables it
+    nms_thr: float | None = 0.9
+    track: bool = True
+    smooth: bool = True
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    one_euro: OneEuroParams = field(default_factory=OneEuroParams)
+
+    def __post_init__(self) -> None:
+        if self.det_interval < 1:
+            raise RtposeError(f"det_interval must be at least 1, not {self.det_interval}")
+        if self.smooth and not self.track:
+            raise RtposeError("smoothing needs tracking (it filters per track id): disable both or neither")
+
+
+def mean_keypoint_score(person: Person) -> float:
+    if person.keypoint_scores is None or len(person.keypoint_scores) == 0:
+        return 1.0
+    return float(np.mean(person.keypoint_scores))
+
+
+def pose_nms(people: list[Person], thr: float) -> list[Person]:
+    """People kept by greedy OKS-NMS (pose score = box score x mean keypoint score), in input order."""
+    with_pose = [p for p in people if p.keypoints is not None]
+    if len(with_pose) < 2:
+        return people
+    keypoints = np.stack([np.asarray(p.keypoints, dtype=np.float64) for p in with_pose])
+    boxes = np.stack([np.asarray(p.bbox, dtype=np.float64) for p in with_pose])
+    areas = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+    scores = np.array([p.score * mean_keypoint_score(p) for p in with_pose])
+    keep = set(oks_nms(keypoints, None, scores, areas, thr=thr).tolist())
+    kept_ids = {id(with_pose[i]) for i in keep}
+    return [p for p in people if p.keypoints is None or id(p) in kept_ids]
+
+
+class StreamTemporalState:
+    """Everything one stream remembers between frames."""
+
+    def __init__(self, config: TemporalConfig | None = None) -> None:
+        self.config = config or TemporalConfig()
+        self.tracker = ByteTracker(self.config.tracker) if self.config.track else None
+        self.smoother = PoseSmoother(self.config.one_euro) if self.config.smooth else None
+        self.frames_seen = 0
+        self.detections_run = 0
+        self._previous: list[Person] = []
+
+    def plan(self, image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray] | None:
+        """None when this frame needs the detector, else (boxes (M, 4), scores (M,)) from the last poses."""
+        cfg = self.config
+        if self.frames_seen % cfg.det_interval == 0:
+            return None
+        boxes, scores, _ = boxes_from_people(
+            self._previous, kpt_thr=cfg.kpt_thr, padding=cfg.box_padding, min_keypoints=cfg.min_keypoints,
+            image_size=image_size,
+        )  # fmt: skip
+        if len(boxes) == 0 and cfg.detect_when_empty:
+            return None
+        return boxes, scores
+
+    def finish(self, people: list[Person], time_s: float, *, detected: bool) -> list[Person]:
+        """Post-process the poses of this stream's next frame; returns the people to report."""
+        cfg = self.config
+        self.frames_seen += 1
+        self.detections_run += int(detected)
+        if not detected:
+            people = [p for p in people if mean_keypoint_score(p) >= cfg.min_pose_score]
+        if cfg.nms_thr is not None:
+            people = pose_nms(people, cfg.nms_thr)
+        # Every surviving pose is followed into the next frame, also those the tracker has not confirmed
+        # yet (a person seen once must be seen again to get an id); unsmoothed, so boxes follow the
+        # measurements.
+        self._previous = people
+        if self.tracker is not None:
+            people = self.tracker.update(people)
+        if self.smoother is not None:
+            people = self.smoother(people, time_s)
+        return people
