@@ -86,13 +86,18 @@ def synthetic() -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     return heatmaps, pafs, people
 
 
-@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("backend", ["numpy", "dynamic", "static"])
 def test_synthetic_people_are_found_where_painted(synthetic, backend: str) -> None:
     heatmaps, pafs, people = synthetic
-    if backend == "torch":
+    options = {}
+    if backend != "numpy":
         heatmaps, pafs = torch.from_numpy(heatmaps), torch.from_numpy(pafs)
-    keypoints, scores, _, details = decode_bottomup(heatmaps, pafs, refine=True, return_details=True)
-    if backend == "torch":
+        options["decoder"] = backend
+    keypoints, scores, _, details = decode_bottomup(
+        heatmaps, pafs, refine=True, return_details=True, **options
+    )
+    assert details.decoder == backend
+    if backend != "numpy":
         keypoints, scores = keypoints.numpy(), scores.numpy()
         details.num_keypoints = details.num_keypoints.numpy()
     assert len(keypoints) == 2
@@ -184,7 +189,8 @@ def test_cuda_gives_the_reference_people_on_real_frames(real_frames, refine: boo
 
 
 @pytest.mark.gpu
-def test_cuda_gives_the_reference_people_on_saved_frames() -> None:
+@pytest.mark.parametrize("decoder", ["dynamic", "graph"])
+def test_cuda_gives_the_reference_people_on_saved_frames(decoder: str) -> None:
     """Same check from saved model outputs (.gpu/openpose_frames.npz): GPU machines lack OpenVINO."""
     path = Path(__file__).resolve().parents[2] / ".gpu" / "openpose_frames.npz"
     if not path.is_file():
@@ -193,7 +199,8 @@ def test_cuda_gives_the_reference_people_on_saved_frames() -> None:
     for heatmaps, pafs in zip(saved["heatmaps"], saved["pafs"], strict=True):
         reference = decode_bottomup(heatmaps, pafs, return_details=True)
         candidate = decode_bottomup(torch.from_numpy(heatmaps).cuda(), torch.from_numpy(pafs).cuda(),
-                                    return_details=True)  # fmt: skip
+                                    decoder=decoder, return_details=True)  # fmt: skip
+        assert candidate[3].decoder == decoder
         _assert_same_people(reference, candidate)
 
 
