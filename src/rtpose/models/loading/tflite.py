@@ -15,7 +15,7 @@ tensorflow/lite/schema/schema.fbs (a union takes two slots: its type, then its v
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -486,3 +486,33 @@ def load_movenet_tflite(model: Any, path: str | Path, *, int8_emulation: bool = 
     if int8_emulation:
         model.set_int8_emulation(True)
     return model
+
+
+def with_graph_outputs(data: bytes, tensors: Sequence[int]) -> bytes:
+    """A copy of a TFLite flatbuffer whose first subgraph outputs exactly `tensors` (graph indices).
+
+    Why: a runtime exposes only graph outputs reliably (delegates such as XNNPACK never materialise
+    tensors inside the part of the graph they take over), so reading intermediate tensors, e.g. the raw
+    heads of a model whose graph decodes them, means making them outputs. The new output vector is
+    appended at the end of the buffer (4-byte aligned) and the subgraph's `outputs` field is re-pointed
+    at it; flatbuffer offsets are unsigned and point forward, which an appended vector satisfies. Nothing
+    else moves, so every other offset stays valid.
+    """
+    graph = parse_tflite(data)  # validates the file and gives the tensor count
+    wanted = [int(t) for t in tensors]
+    if not wanted:
+        raise WeightsError("with_graph_outputs needs at least one tensor")
+    for index in wanted:
+        if not 0 <= index < len(graph.tensors):
+            raise WeightsError(f"tensor {index} does not exist; the graph has {len(graph.tensors)} tensors")
+    fb = _FlatBuffer(data)
+    subgraph = fb.table_vector(fb.root(), 2)[0]
+    field = fb.field_pos(subgraph, 2)
+    if field is None:
+        raise WeightsError("the TFLite subgraph has no outputs field to re-point")
+    out = bytearray(data)
+    out += b"\x00" * (-len(out) % 4)
+    vector_pos = len(out)
+    out += struct.pack(f"<I{len(wanted)}i", len(wanted), *wanted)
+    out[field : field + 4] = struct.pack("<I", vector_pos - field)
+    return bytes(out)
