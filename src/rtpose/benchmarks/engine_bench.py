@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rtpose.engines.compiled import CompiledEngine, ensure_engine, weights_digest
+from rtpose.engines.compiled import AUTOTUNE_CUDA, CompiledEngine, ensure_engine, weights_digest
 from rtpose.models.spec import ModelSpec, get_spec
 
 #: H100 SXM dense peak (TFLOP/s, no sparsity) per precision
@@ -135,7 +135,7 @@ def build_engines(args: argparse.Namespace, spec: ModelSpec, device: torch.devic
         build = ensure_engine(
             module, spec, weights_id=weights_id, device=device, precision=precision,
             max_batch=max(args.batches), cache_dir=args.cache_dir, progress=True,
-            inductor_options={} if args.no_autotune else None,
+            inductor_options=AUTOTUNE_CUDA if args.autotune else None,
         )  # fmt: skip
         state = "built" if build.built else "cached"
         print(f"{spec.name} {precision}: {state} {build.path} {build.stage_seconds}", flush=True)
@@ -183,7 +183,7 @@ def bench_model(args: argparse.Namespace, spec: ModelSpec, device: torch.device)
         x = torch.randn(batch, 3, *spec.input_size, device=device)
         record("eager", "fp32", batch, time_call(eager, x, device=device, warmup=args.warmup, runs=args.runs))
 
-    options = {} if args.no_autotune else None
+    options = AUTOTUNE_CUDA if args.autotune else None
     for precision in args.precisions:
         started = time.perf_counter()
         build = ensure_engine(
@@ -392,7 +392,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--ort", action="store_true", help="also time ONNX Runtime on the CPU")
     parser.add_argument("--ort-max-batch", type=int, default=8, help="largest batch timed with ONNX Runtime")
-    parser.add_argument("--no-autotune", action="store_true", help="compile without Inductor max_autotune")
+    parser.add_argument("--autotune", action="store_true",
+                        help="Inductor max_autotune over Triton conv/GEMM templates (minutes per model)")
     parser.add_argument(
         "--static-vs-dynamic", action="store_true", help="also build one static engine per batch"
     )

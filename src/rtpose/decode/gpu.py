@@ -16,6 +16,7 @@ libjpeg, so pixels may differ from `decode_image` by a few grey levels (measured
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,15 @@ JPEG_MAGIC = b"\xff\xd8"
 
 @functools.cache
 def gpu_decoder_name() -> str:
-    """ "torchvision", "nvimgcodec" or "cv2" (CPU decode + pinned upload): what `decode_images_gpu` uses."""
+    """ "torchvision", "nvimgcodec" or "cv2" (CPU decode + pinned upload): what `decode_images_gpu` uses.
+
+    `RTPOSE_GPU_DECODER` forces one of them.
+    """
+    forced = os.environ.get("RTPOSE_GPU_DECODER")
+    if forced:
+        if forced not in ("torchvision", "nvimgcodec", "cv2"):
+            raise ImageDecodeError(f"RTPOSE_GPU_DECODER={forced!r}: use torchvision, nvimgcodec or cv2")
+        return forced
     try:
         import torchvision.io  # noqa: F401
 
