@@ -47,5 +47,7 @@ def models_dir(data_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def coco_val(data_dir: Path) -> tuple[Path, Path]:
     """(annotation file, image folder) of the 60 real COCO val2017 images with keypoints."""
-    return (data_dir / "coco" / "annotations" / "person_keypoints_val2017_subset.json",
-            data_dir / "coco" / "val2017")
+    return (
+        data_dir / "coco" / "annotations" / "person_keypoints_val2017_subset.json",
+        data_dir / "coco" / "val2017",
+    )

@@ -38,12 +38,16 @@ class Person:
 
     def to_json(self) -> dict:
         x1, y1, x2, y2 = (float(v) for v in self.bbox)
-        out: dict = {"bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-                     "score": round(float(self.score), 4)}
+        out: dict = {
+            "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+            "score": round(float(self.score), 4),
+        }
         if self.track_id is not None:
             out = {"id": int(self.track_id), **out}
         if self.keypoints is not None:
-            scores = self.keypoint_scores if self.keypoint_scores is not None else np.ones(len(self.keypoints))
+            scores = self.keypoint_scores
+            if scores is None:
+                scores = np.ones(len(self.keypoints))
             out["keypoints"] = [
                 [round(float(x), 2), round(float(y), 2), round(float(s), 4)]
                 for (x, y), s in zip(self.keypoints, scores, strict=True)
@@ -66,8 +70,12 @@ class ImageResult:
         return self.error is None
 
     def to_json(self) -> dict:
-        out: dict = {"file": self.file, "width": self.width, "height": self.height,
-                     "people": [p.to_json() for p in self.people]}
+        out: dict = {
+            "file": self.file,
+            "width": self.width,
+            "height": self.height,
+            "people": [p.to_json() for p in self.people],
+        }
         if self.error is not None:
             out["error"] = self.error
         return out

@@ -392,8 +392,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--ort", action="store_true", help="also time ONNX Runtime on the CPU")
     parser.add_argument("--ort-max-batch", type=int, default=8, help="largest batch timed with ONNX Runtime")
-    parser.add_argument("--autotune", action="store_true",
-                        help="Inductor max_autotune over Triton conv/GEMM templates (minutes per model)")
+    parser.add_argument(
+        "--autotune",
+        action="store_true",
+        help="Inductor max_autotune over Triton conv/GEMM templates (minutes per model)",
+    )
     parser.add_argument(
         "--static-vs-dynamic", action="store_true", help="also build one static engine per batch"
     )
