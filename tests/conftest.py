@@ -1,8 +1,9 @@
-"""Shared fixtures: where the real data lies, and GPU skipping."""
+"""Shared fixtures: where the real data lies, the real-model environment, and GPU skipping."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,34 @@ def coco_val(data_dir: Path) -> tuple[Path, Path]:
         data_dir / "coco" / "annotations" / "person_keypoints_val2017_subset.json",
         data_dir / "coco" / "val2017",
     )
+
+
+@pytest.fixture(scope="session")
+def rtpose_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One RTPOSE_CACHE for the session's real-model tests (pipelines, video, CLI): one ONNX export each."""
+    cache = tmp_path_factory.getbasetemp() / "rtpose_cache"
+    cache.mkdir(exist_ok=True)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def rtpose_env(models_dir: Path, rtpose_cache_dir: Path) -> Iterator[dict[str, str]]:
+    """RTPOSE_OFFLINE_DIR at the shared models, RTPOSE_CACHE at `rtpose_cache_dir`, for the session."""
+    env = {"RTPOSE_OFFLINE_DIR": str(models_dir), "RTPOSE_CACHE": str(rtpose_cache_dir)}
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        yield env
+
+
+@pytest.fixture(autouse=True)
+def _restore_rtpose_logger() -> Iterator[None]:
+    """In-process CLI runs give the `rtpose` logger a stderr handler and stop propagation (as the CLI
+    should); restore it so that later tests' `caplog` still sees rtpose's records."""
+    import logging
+
+    logger = logging.getLogger("rtpose")
+    saved = (list(logger.handlers), logger.propagate, logger.level)
+    yield
+    logger.handlers[:] = saved[0]
+    logger.propagate, logger.level = saved[1], saved[2]

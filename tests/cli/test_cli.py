@@ -12,19 +12,12 @@ import pytest
 from rtpose.cli import main
 
 
-@pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cache = (
-        tmp_path_factory.getbasetemp() / "rtpose_cache"
-    )  # shared with tests/pipelines: one export per session
-    cache.mkdir(exist_ok=True)
-    return cache
-
-
 @pytest.fixture(autouse=True)
-def offline_env(monkeypatch: pytest.MonkeyPatch, models_dir: Path, cache_dir: Path, data_dir: Path) -> None:
+def offline_env(
+    monkeypatch: pytest.MonkeyPatch, models_dir: Path, rtpose_cache_dir: Path, data_dir: Path
+) -> None:
     monkeypatch.setenv("RTPOSE_OFFLINE_DIR", str(models_dir))
-    monkeypatch.setenv("RTPOSE_CACHE", str(cache_dir))
+    monkeypatch.setenv("RTPOSE_CACHE", str(rtpose_cache_dir))
     monkeypatch.setenv("RTPOSE_DATA", str(data_dir))
 
 

@@ -22,16 +22,3 @@ def scene_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (folder / "truncated.mp4").write_bytes(data[: len(data) // 2])
     (folder / "garbage.mp4").write_bytes(b"\x00\x01not a video" * 500)
     return folder
-
-
-@pytest.fixture(scope="session")
-def rtpose_env(models_dir: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    """RTPOSE_OFFLINE_DIR at the shared models, RTPOSE_CACHE in a session temp dir (ONNX exported once)."""
-    env = {
-        "RTPOSE_OFFLINE_DIR": str(models_dir),
-        "RTPOSE_CACHE": str(tmp_path_factory.mktemp("rtpose_cache")),
-    }
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in env.items():
-            patch.setenv(key, value)
-        yield env

@@ -79,6 +79,19 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def throughput_panel(ax: Any, series: dict[str, list[tuple[int, float]]], title: str) -> None:
+    """Images/s against batch on log-log axes, one line per label of `series` ((batch, images/s) points)."""
+    for label, points in series.items():
+        xs, ys = zip(*sorted(points), strict=True)
+        ax.plot(xs, ys, marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch")
+    ax.set_ylabel("images / s")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+
+
 def plot(report: dict[str, Any], path: Path) -> bool:
     """Throughput per batch (pose, detector) and stage bars (pipeline); False without matplotlib."""
     try:
@@ -94,15 +107,7 @@ def plot(report: dict[str, Any], path: Path) -> bool:
         series: dict[str, list[tuple[int, float]]] = {}
         for r in (r for r in measured if r["section"] == section):
             series.setdefault(r["backend"], []).append((r["batch"], r["items_per_s"]))
-        for label, points in series.items():
-            xs, ys = zip(*sorted(points), strict=True)
-            ax.plot(xs, ys, marker="o", label=label)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("batch")
-        ax.set_ylabel("images / s")
-        ax.set_title(section)
-        ax.grid(True, which="both", alpha=0.3)
+        throughput_panel(ax, series, section)
         if series:
             ax.legend(fontsize=8)
     pipeline = [r for r in measured if r["section"] == "pipeline"]

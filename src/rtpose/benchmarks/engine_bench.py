@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rtpose.benchmarks.bench_report import throughput_panel
 from rtpose.engines.compiled import AUTOTUNE_CUDA, CompiledEngine, ensure_engine, weights_digest
 from rtpose.models.spec import ModelSpec, get_spec
 
@@ -349,15 +350,7 @@ def plot(report: dict[str, Any], path: Path) -> bool:
         series: dict[str, list[tuple[int, float]]] = {}
         for r in model["rows"]:
             series.setdefault(f"{r['backend']} {r['precision']}", []).append((r["batch"], r["images_per_s"]))
-        for label, points in series.items():
-            xs, ys = zip(*sorted(points), strict=True)
-            ax.plot(xs, ys, marker="o", label=label)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("batch")
-        ax.set_ylabel("images / s")
-        ax.set_title(model["model"])
-        ax.grid(True, which="both", alpha=0.3)
+        throughput_panel(ax, series, model["model"])
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from rtpose.models.weights import cache_root
+from rtpose.models.weights import cache_root, sha256_file
 
 __all__ = ["ENGINE_FORMAT_VERSION", "cache_root"]
 
@@ -83,14 +83,6 @@ def lock_path(package: Path) -> Path:
     return package.with_suffix(".lock")
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read_sidecar(package: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(sidecar_path(package).read_text())
@@ -115,7 +107,7 @@ def why_invalid(package: Path, fields: dict[str, Any] | None = None) -> str | No
     expected_digest = sidecar.get("sha256")
     if not isinstance(expected_digest, str):
         return "sidecar has no sha256"
-    if file_sha256(package) != expected_digest:
+    if sha256_file(package) != expected_digest:
         return "engine file does not match its recorded sha256 (corrupted or replaced)"
     return None
 
@@ -127,7 +119,7 @@ def _fsync_file(path: Path) -> None:
 
 def publish(tmp_package: Path, package: Path, sidecar: dict[str, Any]) -> None:
     """Move a finished build into place: package first, then its sidecar, each atomically."""
-    sidecar = {**sidecar, "sha256": file_sha256(tmp_package), "size": tmp_package.stat().st_size}
+    sidecar = {**sidecar, "sha256": sha256_file(tmp_package), "size": tmp_package.stat().st_size}
     _fsync_file(tmp_package)
     tmp_sidecar = tmp_package.with_suffix(".json.tmp")
     tmp_sidecar.write_text(json.dumps(sidecar, indent=2, sort_keys=True, default=str))

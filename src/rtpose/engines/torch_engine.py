@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from rtpose.engines.base import Engine
+from rtpose.engines.devices import check_device
 from rtpose.errors import EngineError
 
 
@@ -19,12 +20,7 @@ class TorchEngine(Engine):
     backend = "torch"
 
     def __init__(self, module: nn.Module, *, device: str = "cpu", output_names: Sequence[str]) -> None:
-        try:
-            dev = torch.device(device)
-        except (RuntimeError, TypeError) as e:
-            raise EngineError(f"unknown device {device!r}: {e}") from e
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise EngineError(f"device {device!r} requested but CUDA is not available on this machine")
+        dev = check_device(device)
         if not output_names:
             raise EngineError("TorchEngine needs the names of the model's outputs")
         self.module = module.eval().to(dev)

@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from rtpose.errors import EngineError, ModelNotFoundError, RtposeError, WeightsError
+from rtpose.engines.devices import check_device
+from rtpose.errors import ModelNotFoundError, RtposeError, WeightsError
 from rtpose.models.spec import ModelSpec, Task, get_spec, list_specs
 from rtpose.models.weights import (
     SUFFIX_FORMATS,
@@ -75,16 +76,6 @@ class LoadedModel:
     module: nn.Module
     spec: ModelSpec
     weights: ResolvedWeights
-
-
-def check_device(device: str) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise EngineError(f"unknown device {device!r}: {e}") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise EngineError(f"device {device!r} requested but CUDA is not available on this machine")
-    return dev
 
 
 def build_with_weights(

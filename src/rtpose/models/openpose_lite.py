@@ -29,6 +29,10 @@ import torch
 from torch import nn
 
 from rtpose.errors import EngineError
+from rtpose.keypoint_layouts import COCO_FROM_OPENPOSE as COCO17_FROM_OPENPOSE18
+from rtpose.keypoint_layouts import OPENPOSE_KEYPOINT_NAMES as OPENPOSE18_KEYPOINT_NAMES
+from rtpose.keypoint_layouts import OPENPOSE_LIMBS as OPENPOSE18_LIMBS
+from rtpose.keypoint_layouts import OPENPOSE_PAF_CHANNELS as OPENPOSE18_PAF_CHANNELS
 from rtpose.models.factory import register_loader
 from rtpose.models.fake_quantize import FakeQuantize
 from rtpose.models.ir_blocks import Concat, ConvAct, IrUnit, ResidualAdd, conv_dw, fake_quantizers
@@ -190,27 +194,6 @@ class OpenPoseLite(nn.Module):
 def build_openpose_lite() -> OpenPoseLite:
     return OpenPoseLite(num_refinement_stages=1)
 
-
-#: OpenPose-18 keypoint order of the heatmap channels (channel 18 is the background)
-OPENPOSE18_KEYPOINT_NAMES: tuple[str, ...] = (
-    "nose", "neck", "right_shoulder", "right_elbow", "right_wrist", "left_shoulder", "left_elbow",
-    "left_wrist", "right_hip", "right_knee", "right_ankle", "left_hip", "left_knee", "left_ankle",
-    "right_eye", "left_eye", "right_ear", "left_ear",
-)  # fmt: skip
-
-#: limbs as (from keypoint, to keypoint) in OpenPose-18 indices, and the PAF channels (x, y) of each;
-#: the pairing of lightweight OpenPose and of the Open Model Zoo demos
-OPENPOSE18_LIMBS: tuple[tuple[int, int], ...] = (
-    (1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10), (1, 11), (11, 12),
-    (12, 13), (1, 0), (0, 14), (14, 16), (0, 15), (15, 17), (2, 16), (5, 17),
-)  # fmt: skip
-OPENPOSE18_PAF_CHANNELS: tuple[tuple[int, int], ...] = (
-    (12, 13), (20, 21), (14, 15), (16, 17), (22, 23), (24, 25), (0, 1), (2, 3), (4, 5), (6, 7), (8, 9),
-    (10, 11), (28, 29), (30, 31), (34, 35), (32, 33), (36, 37), (18, 19), (26, 27),
-)  # fmt: skip
-
-#: for each COCO-17 keypoint, its OpenPose-18 index (OpenPose's neck has no COCO counterpart)
-COCO17_FROM_OPENPOSE18: tuple[int, ...] = (0, 15, 14, 17, 16, 5, 2, 6, 3, 7, 4, 11, 8, 12, 9, 13, 10)
 
 OPENPOSE_LITE = ModelSpec(
     name="openpose-lite",

@@ -35,7 +35,7 @@ from rtpose.pipelines.processing import (
 )
 from rtpose.pipelines.runner import SourceArg, run_on_sources
 from rtpose.pipelines.stage_timer import StageTimer
-from rtpose.preprocess.normalize import normalize_numpy
+from rtpose.preprocess.normalize import normalization_tensors, normalize_numpy
 from rtpose.types import ImageResult, Person
 
 
@@ -139,12 +139,7 @@ class Detector:
     def _device_constants(self) -> tuple[Any, Any]:
         """mean, std as device tensors, made once (a host-to-device copy per call would sync)."""
         if self._constants is None:
-            import torch
-
-            self._constants = (
-                torch.tensor(self.spec.mean, dtype=torch.float32, device=self.device),
-                torch.tensor(self.spec.std, dtype=torch.float32, device=self.device),
-            )
+            self._constants = normalization_tensors(self.spec, self.device)
         return self._constants
 
     def _detect_torch(self, images: list[Any], timer: StageTimer) -> list[tuple[Any, Any]]:

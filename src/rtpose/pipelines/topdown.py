@@ -55,7 +55,7 @@ from rtpose.preprocess.affine import (
     transform_points,
     warp_crops_numpy,
 )
-from rtpose.preprocess.normalize import normalize_numpy
+from rtpose.preprocess.normalize import normalization_tensors, normalize_numpy
 from rtpose.types import ImageResult, Person
 
 __all__ = ["Detector", "TopDown"]
@@ -325,12 +325,7 @@ class TopDown:
 
     def _device_constants(self) -> tuple[Any, Any]:
         if self._constants is None:
-            import torch
-
-            self._constants = (
-                torch.tensor(self.pose_spec.mean, dtype=torch.float32, device=self.device),
-                torch.tensor(self.pose_spec.std, dtype=torch.float32, device=self.device),
-            )
+            self._constants = normalization_tensors(self.pose_spec, self.device)
         return self._constants
 
     def _pose_torch(

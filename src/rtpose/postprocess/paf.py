@@ -49,23 +49,16 @@ import torch
 import torch.nn.functional as F
 
 from rtpose.errors import RtposeError
+from rtpose.keypoint_layouts import COCO_FROM_OPENPOSE as COCO_FROM_OPENPOSE
+from rtpose.keypoint_layouts import OPENPOSE_KEYPOINT_NAMES as OPENPOSE_KEYPOINT_NAMES
+from rtpose.keypoint_layouts import OPENPOSE_LIMBS as OPENPOSE_LIMBS
+from rtpose.keypoint_layouts import OPENPOSE_PAF_CHANNELS as OPENPOSE_PAF_CHANNELS
 from rtpose.postprocess.heatmap import ResizeMode, is_torch, resize_heatmaps
 
 Array = Any  # np.ndarray or torch.Tensor
 
-OPENPOSE_KEYPOINT_NAMES: tuple[str, ...] = (
-    "nose", "neck", "right_shoulder", "right_elbow", "right_wrist", "left_shoulder", "left_elbow",
-    "left_wrist", "right_hip", "right_knee", "right_ankle", "left_hip", "left_knee", "left_ankle",
-    "right_eye", "left_eye", "right_ear", "left_ear",
-)  # fmt: skip
 NUM_OPENPOSE_KEYPOINTS = 18
-
-#: (keypoint a, keypoint b) of every limb, in OpenPose's processing order (breadth first from the neck);
-#: the last two (shoulder-ear) are redundant: they close cycles and only merge people.
-OPENPOSE_LIMBS: tuple[tuple[int, int], ...] = (
-    (1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10), (1, 11), (11, 12),
-    (12, 13), (1, 0), (0, 14), (14, 16), (0, 15), (15, 17), (2, 16), (5, 17),
-)  # fmt: skip
+#: OPENPOSE_LIMBS[:NUM_TREE_LIMBS] form a tree rooted at the neck; the rest are redundant
 NUM_TREE_LIMBS = 17
 
 
@@ -78,13 +71,6 @@ def _tree_depth() -> int:
 
 #: longest parent chain of the tree limbs (neck -> shoulder -> elbow -> wrist: 3)
 TREE_DEPTH = _tree_depth()
-#: PAF channels (x, y) of each limb above, in the lightweight-OpenPose / human-pose-estimation-0001 output.
-OPENPOSE_PAF_CHANNELS: tuple[tuple[int, int], ...] = (
-    (12, 13), (20, 21), (14, 15), (16, 17), (22, 23), (24, 25), (0, 1), (2, 3), (4, 5), (6, 7), (8, 9),
-    (10, 11), (28, 29), (30, 31), (34, 35), (32, 33), (36, 37), (18, 19), (26, 27),
-)  # fmt: skip
-#: COCO-17 keypoint k is OpenPose keypoint COCO_FROM_OPENPOSE[k] (the neck, 1, has no COCO twin).
-COCO_FROM_OPENPOSE: tuple[int, ...] = (0, 15, 14, 17, 16, 5, 2, 6, 3, 7, 4, 11, 8, 12, 9, 13, 10)
 
 ScoreMode = Literal["mean", "openpose"]
 #: torch decoders: "dynamic" exact shapes (host syncs); "static" fixed shapes (`paf_gpu`); "graph" the static
@@ -588,6 +574,29 @@ def _components_torch(
     return Components(label, valid, kind_of, slot, size, mean_total, is_person)
 
 
+def _gather_people(
+    peaks: torch.Tensor, row: torch.Tensor, kind_of: torch.Tensor, num_rows: int, max_count: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Peaks (K, max_count, 3) into one row each (`row`; `num_rows` is a spare row for non-members).
+
+    Per row, in COCO-17 order: keypoints (R, 17, 2), keypoint scores (R, 17), the mean score of the
+    keypoints present (R,), and the row's canonical order key (R,).
+    """
+    device = peaks.device
+    table = torch.zeros(num_rows + 1, NUM_OPENPOSE_KEYPOINTS, 3, device=device)
+    table[row, kind_of] = peaks.reshape(-1, 3)
+    # canonical order key: the first (type, index) of the person, as in the reference
+    node_key = _node_tables(device, max_count)["order_key"]
+    key = torch.full((num_rows + 1,), 1 << 40, dtype=torch.long, device=device)
+    key = key.scatter_reduce(0, row, node_key, reduce="amin")[:num_rows]
+
+    coco = _tables(device)["coco"]
+    keypoints, keypoint_scores = table[:num_rows, coco, :2], table[:num_rows, coco, 2]
+    present = (keypoint_scores > 0).float()
+    mean = (keypoint_scores * present).sum(1) / present.sum(1).clamp_min(1)
+    return keypoints, keypoint_scores, mean, key
+
+
 def _decode_torch(heatmaps: torch.Tensor, pafs: torch.Tensor, cfg: BottomUpConfig) -> tuple:
     device = heatmaps.device
     peaks, counts = _find_peaks_torch(heatmaps, cfg)
@@ -618,17 +627,7 @@ def _decode_torch(heatmaps: torch.Tensor, pafs: torch.Tensor, cfg: BottomUpConfi
     # person row of every node; non-members write into a spare last row (no boolean mask, no sync)
     person = torch.where(valid, person_of_root[label], torch.full_like(label, -1))
     row = torch.where(person >= 0, person, num_people)
-    table = torch.zeros(num_people + 1, NUM_OPENPOSE_KEYPOINTS, 3, device=device)
-    table[row, kind_of] = peaks.reshape(-1, 3)
-    # canonical order key: the first (type, index) of the person, as in the reference
-    node_key = _node_tables(device, max_count)["order_key"]
-    key = torch.full((num_people + 1,), 1 << 40, dtype=torch.long, device=device)
-    key = key.scatter_reduce(0, row, node_key, reduce="amin")[:num_people]
-
-    coco = _tables(device)["coco"]
-    keypoints, keypoint_scores = table[:num_people, coco, :2], table[:num_people, coco, 2]
-    present = (keypoint_scores > 0).float()
-    mean = (keypoint_scores * present).sum(1) / present.sum(1).clamp_min(1)
+    keypoints, keypoint_scores, mean, key = _gather_people(peaks, row, kind_of, num_people, max_count)
     openpose_scores = mean_total[roots]
     person_scores = mean if cfg.score_mode == "mean" else openpose_scores
     order = torch.argsort(key, stable=True)

@@ -43,12 +43,11 @@ from rtpose.postprocess.paf import (
     BottomUpDetails,
     _components_torch,
     _decode_torch,
+    _gather_people,
     _limb_scores_torch,
     _local_maxima_torch,
     _match_round,
-    _node_tables,
     _quadratic_offset,
-    _tables,
     _to_input_pixels,
 )
 
@@ -172,7 +171,6 @@ def decode_static(
 
     ``matrices``: `upsampling_matrices` of the input, "auto" to look them up here (eager use).
     """
-    device = heatmaps.device
     peaks, counts = find_peaks_static(heatmaps, cfg, limits.max_peaks, matrices)
     capacity = peaks.shape[1]
     overflow = (counts > capacity).any()
@@ -185,17 +183,7 @@ def decode_static(
 
     # one padded row per node; a person's row is its root node's (each type at most once per component)
     row = torch.where(parts.valid, parts.label, num_nodes)
-    table = torch.zeros(num_nodes + 1, NUM_OPENPOSE_KEYPOINTS, 3, device=device)
-    table[row, parts.kind_of] = peaks.reshape(-1, 3)
-    # canonical order key: the first (type, index) of the person, as in the reference
-    node_key = _node_tables(device, capacity)["order_key"]
-    key = torch.full((num_nodes + 1,), 1 << 40, dtype=torch.long, device=device)
-    key = key.scatter_reduce(0, row, node_key, reduce="amin")[:num_nodes]
-
-    coco = _tables(device)["coco"]
-    keypoints, keypoint_scores = table[:num_nodes, coco, :2], table[:num_nodes, coco, 2]
-    present = (keypoint_scores > 0).float()
-    mean = (keypoint_scores * present).sum(1) / present.sum(1).clamp_min(1)
+    keypoints, keypoint_scores, mean, key = _gather_people(peaks, row, parts.kind_of, num_nodes, capacity)
     person_scores = mean if cfg.score_mode == "mean" else parts.mean_total
     order = torch.argsort(key, stable=True)
     rank_value = torch.where(parts.is_person, -person_scores, torch.full_like(person_scores, torch.inf))

@@ -18,6 +18,8 @@ from rtpose.errors import RtposeError
 if TYPE_CHECKING:
     import torch
 
+    from rtpose.models.spec import ModelSpec
+
 ChannelOrder = Literal["RGB", "BGR"]
 
 
@@ -28,6 +30,16 @@ def _check(shape: Sequence[int], mean: Sequence[float], std: Sequence[float], ch
         raise RtposeError("mean and std need one value per channel (3)")
     if channel_order not in ("RGB", "BGR"):
         raise RtposeError(f"channel order must be 'RGB' or 'BGR', not {channel_order!r}")
+
+
+def normalization_tensors(spec: ModelSpec, device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The spec's mean and std as float32 tensors on `device`; keep them, an upload per call syncs."""
+    import torch
+
+    return (
+        torch.tensor(spec.mean, dtype=torch.float32, device=device),
+        torch.tensor(spec.std, dtype=torch.float32, device=device),
+    )
 
 
 def normalize_numpy(
