@@ -390,6 +390,19 @@ class _GraphBucket:
     static_outputs: tuple[torch.Tensor, ...]
 
 
+def _initialise_cuda_libraries(device: torch.device) -> None:
+    """Run one tiny conv and matmul so that cuDNN and cuBLAS are loaded and initialised.
+
+    On the H100 (torch 2.11) `aoti_load_package` segfaulted in every process where no eager conv had run
+    yet, and worked inside `rtpose bench`, where eager models ran first. Creating only the CUDA context did
+    not help. That this warm-up avoids the crash is a hypothesis not yet checked on the GPU (docs/notes.md).
+    """
+    x = torch.ones(1, 1, 4, 4, device=device)
+    torch.nn.functional.conv2d(x, torch.ones(1, 1, 3, 3, device=device))
+    torch.mm(x[0, 0], x[0, 0])
+    torch.cuda.synchronize(device)
+
+
 def _load_runner(path: Path, single_threaded: bool) -> Any:
     loader = torch._inductor.aoti_load_package
     kwargs: dict[str, Any] = {}
@@ -437,9 +450,7 @@ class CompiledEngine(Engine):
         self.device = self._device.type
         self.use_cuda_graphs = cuda_graphs and self._device.type == "cuda"
         if self._device.type == "cuda":
-            # Loading an AOTInductor package into a process whose CUDA context is not created yet
-            # segfaulted on the H100 (torch 2.11); make the context first.
-            torch.empty(0, device=self._device)
+            _initialise_cuda_libraries(self._device)
         try:
             self._runner = _load_runner(self.path, single_threaded=self.use_cuda_graphs)
         except EngineError:
