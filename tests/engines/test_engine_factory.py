@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +12,12 @@ import torch
 from engine_test_models import TinyPose, needs_families, seeded
 
 from rtpose.engines import factory as engine_factory
-from rtpose.engines.factory import create_engine, export_model
+from rtpose.engines.factory import create_engine, export_model, onnx_cache_path
 from rtpose.engines.onnx_export import export_onnx
 from rtpose.engines.ort import OrtEngine
 from rtpose.engines.torch_engine import TorchEngine
 from rtpose.errors import EngineError, ModelNotFoundError
-from rtpose.models.weights import sha256_file
+from rtpose.models.factory import load_model
 
 
 def batch(height: int = 32, width: int = 24, n: int = 2) -> np.ndarray:
@@ -44,7 +45,8 @@ def test_ort_backend_exports_once_into_the_cache(
 
     monkeypatch.setattr(engine_factory, "export_onnx", counting_export)
     engine, _ = create_engine("tiny-pose", task="pose-topdown", weights=tiny_pose_weights)
-    expected_path = tmp_path / "cache" / "onnx" / f"tiny-pose-{sha256_file(tiny_pose_weights)[:16]}.onnx"
+    expected_path = onnx_cache_path(load_model("tiny-pose", weights=tiny_pose_weights))
+    assert expected_path.parent == tmp_path / "cache" / "onnx"
     assert isinstance(engine, OrtEngine) and engine.path == expected_path and exports == [expected_path]
     assert [p.name for p in expected_path.parent.iterdir()] == [expected_path.name]
 
@@ -60,12 +62,28 @@ def test_ort_backend_exports_once_into_the_cache(
 def test_unusable_cached_onnx_is_exported_again(
     tiny_registry, tiny_pose_weights: Path, tmp_path: Path
 ) -> None:
-    cached = tmp_path / "cache" / "onnx" / f"tiny-pose-{sha256_file(tiny_pose_weights)[:16]}.onnx"
+    cached = onnx_cache_path(load_model("tiny-pose", weights=tiny_pose_weights))
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"truncated junk")
     engine, _ = create_engine("tiny-pose", task="pose-topdown", weights=tiny_pose_weights)
     assert engine.path == cached and engine(batch())["simcc_x"].shape == (2, 3, 48)
     onnx.checker.check_model(str(cached))
+
+
+def test_onnx_cache_key_follows_weights_version_and_spec(
+    tiny_registry, tiny_pose_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loaded = load_model("tiny-pose", weights=tiny_pose_weights)
+    path = onnx_cache_path(loaded)
+    assert path.name.startswith("tiny-pose-") and path == onnx_cache_path(loaded)
+    other_weights = tmp_path / "other.pth"
+    other_weights.write_bytes(tiny_pose_weights.read_bytes() + b"\0")
+    assert onnx_cache_path(dataclasses.replace(loaded, weights=dataclasses.replace(
+        loaded.weights, path=other_weights))) != path  # fmt: skip
+    changed_spec = dataclasses.replace(loaded.spec, extra={**loaded.spec.extra, "int8_emulation": True})
+    assert onnx_cache_path(dataclasses.replace(loaded, spec=changed_spec)) != path
+    monkeypatch.setattr(engine_factory, "__version__", "9.9.9")
+    assert onnx_cache_path(loaded) != path
 
 
 def test_onnx_with_our_output_names_is_used_directly(tiny_registry, tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ are not at hand. Its keypoints are meaningless, and a warning says so.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import nn
 
+from rtpose import __version__
 from rtpose.engines.base import Engine
 from rtpose.engines.onnx_export import SPEC_METADATA_KEY, export_onnx, output_names_for
 from rtpose.engines.ort import OrtEngine
@@ -47,7 +49,13 @@ RANDOM_SEED = 0
 
 
 def onnx_cache_path(loaded: LoadedModel, cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    digest = sha256_file(loaded.weights.path)[:16]
+    """Cache file of our export: keyed by the weights and by what else shapes the graph (our version, the
+    spec's input size and settings), so that a new release or a changed spec never reuses a stale export."""
+    identity = "|".join(
+        (sha256_file(loaded.weights.path), __version__, repr(loaded.spec.input_size),
+         repr(sorted((k, repr(v)) for k, v in loaded.spec.extra.items())))
+    )  # fmt: skip
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
     return cache_root(cache_dir) / "onnx" / f"{loaded.spec.name}-{digest}.onnx"
 
 

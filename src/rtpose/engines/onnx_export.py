@@ -2,8 +2,10 @@
 
 Input `input` (N, 3, H, W) with a dynamic batch axis; outputs named per task (`simcc_x, simcc_y` for
 RTMPose, `scores, boxes` for detectors) or per family (`spec.extra["output_names"]`). Opset 17 by
-default because TensorRT and ONNX Runtime both accept it. The dynamo exporter is tried first; where it
-is unavailable (it needs onnxscript) or fails, the TorchScript exporter does the job. The file appears
+default because TensorRT and ONNX Runtime both accept it. Below opset 18 the TorchScript exporter is
+tried first (the dynamo exporter writes opset 18 and its down-conversion to 17 failed for our models on
+torch 2.11, costing ~10 s per export); from opset 18 the dynamo exporter goes first. Either falls back to
+the other. The file appears
 atomically, carries the spec name in its metadata, and passes `onnx.checker`.
 """
 
@@ -136,7 +138,7 @@ def export_onnx(
     dummy = torch.randn(2, 3, height, width, device=device)
 
     errors: list[str] = []
-    for dynamo in (True, False):
+    for dynamo in (False, True) if opset < 18 else (True, False):
         fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
         os.close(fd)
         tmp = Path(tmp_name)
