@@ -135,8 +135,8 @@ class Pipeline:
     """Multi-stream pose pipeline (see the module docstring).
 
     model: any `FramePoseModel` (tests, custom engines); when None, a `TopDown(pose, det, backend=...,
-    device=..., pose_weights=..., det_weights=...)` is built. temporal: all temporal settings at once
-    (else built from det_interval / track / smooth / one_euro / tracker).
+    device=..., precision=..., pose_weights=..., det_weights=...)` is built. temporal: all temporal
+    settings at once (else built from det_interval / track / smooth / one_euro / tracker).
     """
 
     def __init__(
@@ -147,6 +147,7 @@ class Pipeline:
         model: FramePoseModel | None = None,
         backend: str = "ort",
         device: str = "cpu",
+        precision: str = "fp32",
         pose_weights: str | os.PathLike[str] | None = None,
         det_weights: str | os.PathLike[str] | None = None,
         det_interval: int = 5,
@@ -180,8 +181,8 @@ class Pipeline:
             # with tracking, low-score boxes are wanted too: ByteTrack uses them to continue tracks
             det_score_thr = self.temporal.tracker.low_thr if self.temporal.track else None
             topdown = TopDown(
-                pose, det, backend=backend, device=device, pose_weights=pose_weights, det_weights=det_weights,
-                det_score_thr=det_score_thr,
+                pose, det, backend=backend, device=device, precision=precision, pose_weights=pose_weights,
+                det_weights=det_weights, det_score_thr=det_score_thr,
             )  # fmt: skip
             model = TopDownFrameModel(topdown)
         self.model = model

@@ -44,8 +44,16 @@ def add_video_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         "--det", default="rtmdet-nano", help="detector name or weight file (default rtmdet-nano)"
     )
     parser.add_argument("--det-weights", default=None, help="weight file for the --det model")
-    parser.add_argument("--backend", default="ort", choices=("ort", "torch"))
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (torch backend)")
+    parser.add_argument(
+        "--backend", default="ort", choices=("auto", "ort", "torch", "compiled"),
+        help="ONNX Runtime (CPU), PyTorch eager, or a compiled engine (see 'rtpose build'); "
+             "auto = compiled on CUDA, ONNX Runtime on CPU (default ort)",
+    )  # fmt: skip
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (torch and compiled backends)")
+    parser.add_argument(
+        "--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
+        help="engine precision; fp16/bf16 need the compiled backend (default fp32)",
+    )  # fmt: skip
     parser.add_argument("--out", default=None, metavar="DIR", help="write an annotated MP4 per stream here")
     parser.add_argument(
         "--jsonl", default=None, metavar="FILE", help="one JSON line per frame ('-' = stdout)"
@@ -138,7 +146,8 @@ def run_video(args: argparse.Namespace) -> int:
     """Exit code 0 when every stream ended cleanly, 1 when one failed, 130 on a second Ctrl-C."""
     try:
         pipeline = Pipeline(
-            args.pose, args.det, backend=args.backend, device=args.device, pose_weights=args.pose_weights,
+            args.pose, args.det, backend=args.backend, device=args.device, precision=args.precision,
+            pose_weights=args.pose_weights,
             det_weights=args.det_weights, det_interval=args.det_interval, batch_size=args.batch,
             batch_timeout=args.batch_timeout, realtime=args.realtime, decode=args.decode,
             track=not args.no_track, smooth=not (args.no_smooth or args.no_track),
