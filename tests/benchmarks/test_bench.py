@@ -221,3 +221,22 @@ def test_bench_on_cuda_runs_every_backend(
     assert {r["device"] for r in rows if r["backend"] != "ort"} == {"cuda"}
     persons = {r["persons"] for r in rows if r["section"] == "pipeline"}
     assert len(persons) == 1  # fp16 finds the same people as fp32 on this image
+
+
+def test_topdown_section_times_the_public_pipeline(
+    data_dir: Path, coco_val: tuple[Path, Path], tmp_path: Path
+) -> None:
+    torch.set_num_threads(1)
+    config = BenchConfig(
+        pose="rtmpose-t", device="cpu", backends=("ort",), batches=(1,), det_batches=(1,),
+        sections=("pipeline", "topdown"), pipeline_image=coco_val[1] / FEW_PEOPLE_IMAGE, runs=2, warmup=0,
+        min_runs=1, threads=1, data_dir=data_dir, cache_dir=tmp_path / "cache",
+    )  # fmt: skip
+    report = Bench(config, log=lambda _: None).run()
+    staged, public = ([r for r in report["rows"] if r["section"] == s] for s in ("pipeline", "topdown"))
+    assert len(public) == 1 and public[0]["skipped"] is None and public[0]["runs"] == 2
+    assert set(public[0]["stages"]) == set(STAGES) and public[0]["total_p50_ms"] > 0
+    # the same engines, image and thresholds: both pipelines find the same people
+    assert public[0]["persons"] == staged[0]["persons"] >= 1
+    out = write_outputs(report, tmp_path / "out")
+    assert "TopDown.predict_batch" in (tmp_path / "out" / "bench.md").read_text() and out

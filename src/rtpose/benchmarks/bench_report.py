@@ -12,6 +12,7 @@ SECTION_TITLES = {
     "pose": "Pose model alone (inference only; ms per item = per person)",
     "detector": "Detector alone (inference only, letterboxed input)",
     "pipeline": "Whole top-down pipeline, per image",
+    "topdown": "TopDown.predict_batch (the public hot path), per image",
 }
 
 
@@ -26,7 +27,7 @@ def _number(value: float | None, digits: int = 2) -> str:
 
 
 def section_table(rows: list[dict[str, Any]], section: str) -> list[str]:
-    pipeline = section == "pipeline"
+    pipeline = section in ("pipeline", "topdown")
     stage_names = ["decode", "pre", "infer", "post"] if pipeline else ["infer"]
     head = ["backend", "precision", "device", "batch" if not pipeline else "persons"]
     head += [f"{s} p50 / p99 ms" for s in stage_names]

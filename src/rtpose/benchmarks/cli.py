@@ -59,7 +59,8 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
              "(default: eager,ort on cpu; all on cuda)")  # fmt: skip
     add("--batches", default=None, metavar="LIST", help="pose model batch sizes (default 1,8,64,256)")
     add("--det-batches", default=None, metavar="LIST", help="detector batch sizes (default 1)")
-    add("--sections", default="pose,detector,pipeline", metavar="LIST", help="which sections to run")
+    add("--sections", default="pose,detector,pipeline", metavar="LIST",
+        help="sections: pose, detector, pipeline (staged), topdown (TopDown.predict_batch)")  # fmt: skip
     add("--pipeline-image", type=Path, default=None, metavar="FILE",
         help="image for the pipeline section (default: a 1280x720 street frame with ~10 people)")  # fmt: skip
     add("--frame", type=int, default=None, metavar="N", help="frame of the street video (default 20)")
@@ -103,9 +104,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
     if unknown or not backends:
         raise RtposeError(f"unknown backends {unknown}; choose from {', '.join(BACKENDS)}")
     sections = tuple(s.strip() for s in args.sections.split(",") if s.strip())
-    bad = [s for s in sections if s not in ("pose", "detector", "pipeline")]
+    bad = [s for s in sections if s not in ("pose", "detector", "pipeline", "topdown")]
     if bad or not sections:
-        raise RtposeError(f"unknown sections {bad}; choose from pose, detector, pipeline")
+        raise RtposeError(f"unknown sections {bad}; choose from pose, detector, pipeline, topdown")
     runs, warmup = int(pick("runs")), int(pick("warmup"))
     if runs < 1 or warmup < 0:
         raise RtposeError("--runs must be >= 1 and --warmup >= 0")
