@@ -101,6 +101,10 @@ def _log(message: str, stream: TextIO | None = None) -> None:
     print(message, file=stream or sys.stderr, flush=True)
 
 
+#: a whole pipeline under test: encoded image -> (people, ms per stage)
+PipelineRun = Callable[[bytes], tuple[list, dict[str, float]]]
+
+
 def _sync_for(device: str) -> Callable[[], None]:
     if device.startswith("cuda"):
         return torch.cuda.synchronize
@@ -172,6 +176,8 @@ class Bench:
         self.log = log
         self.rows: list[Row] = []
         self.models: dict[str, BenchModel] = {}
+        #: (encoded pipeline image, its label), made once for the pipeline and topdown sections
+        self._pipeline_input: tuple[bytes, str] | None = None
         self._workdir = tempfile.TemporaryDirectory(prefix="rtpose-bench-")
         self.engines = EngineFactory(
             device=config.device,
@@ -265,27 +271,11 @@ class Bench:
                 self._record(section, model, backend, batch, samples)
 
     def _pipeline_section(self) -> None:
-        config = self.config
-        encoded, label = pipeline_image_bytes(config)
-        self.pipeline_image = label
-        pose, det = self._model(config.pose, "pose-topdown"), self._model(config.det, "detector")
-        for backend in config.backends:
-            pose_engine, reason = self._engine_or_reason(pose, backend)
-            det_engine, det_reason = self._engine_or_reason(det, backend)
-            reason = reason or det_reason
-            if reason is not None:
-                self._skip("pipeline", pose, backend, 1, reason)
-                continue
-            pipeline = StagedTopDown(
-                det_engine, det.spec, pose_engine, pose.spec, max_batch=max(config.batches)
-            )
-            people, _ = pipeline(encoded)
+        def staged(pose: BenchModel, det: BenchModel, pose_engine: Any, det_engine: Any) -> PipelineRun:
+            max_batch = max(self.config.batches)
+            return StagedTopDown(det_engine, det.spec, pose_engine, pose.spec, max_batch=max_batch)
 
-            def call(pipeline: StagedTopDown = pipeline) -> dict[str, float]:
-                return pipeline(encoded)[1]
-
-            samples = measure(call, config, lambda: None)
-            self._record("pipeline", pose, backend, 1, samples, persons=len(people))
+        self._whole_pipeline_section("pipeline", staged)
 
     def _topdown_section(self) -> None:
         """The public pipeline, `TopDown.predict_batch` on the encoded image (GPU decode where available),
@@ -293,29 +283,45 @@ class Bench:
         from rtpose.pipelines.detector import Detector
         from rtpose.pipelines.topdown import TopDown
 
+        def public(pose: BenchModel, det: BenchModel, pose_engine: Any, det_engine: Any) -> PipelineRun:
+            topdown = TopDown.from_engines(
+                pose_engine, pose.spec, Detector.from_engine(det_engine, det.spec),
+                max_batch=max(self.config.batches), profile=True,
+            )  # fmt: skip
+
+            def run(encoded: bytes) -> tuple[list, dict[str, float]]:
+                people = topdown.predict_batch([encoded])[0]
+                return people, {stage: topdown.last_timings.get(stage, 0.0) for stage in STAGES}
+
+            return run
+
+        self._whole_pipeline_section("topdown", public)
+
+    def _whole_pipeline_section(
+        self, section: str, make_run: Callable[[BenchModel, BenchModel, Any, Any], PipelineRun]
+    ) -> None:
+        """One row per backend: `make_run(pose, det, pose engine, det engine)` gives a callable mapping the
+        encoded pipeline image to (people, stage ms)."""
         config = self.config
-        encoded, label = pipeline_image_bytes(config)
-        self.pipeline_image = label
+        if self._pipeline_input is None:
+            self._pipeline_input = pipeline_image_bytes(config)
+        encoded = self._pipeline_input[0]
         pose, det = self._model(config.pose, "pose-topdown"), self._model(config.det, "detector")
         for backend in config.backends:
             pose_engine, reason = self._engine_or_reason(pose, backend)
             det_engine, det_reason = self._engine_or_reason(det, backend)
             reason = reason or det_reason
             if reason is not None:
-                self._skip("topdown", pose, backend, 1, reason)
+                self._skip(section, pose, backend, 1, reason)
                 continue
-            topdown = TopDown.from_engines(
-                pose_engine, pose.spec, Detector.from_engine(det_engine, det.spec),
-                max_batch=max(config.batches), profile=True,
-            )  # fmt: skip
-            people = topdown.predict_batch([encoded])[0]
+            run = make_run(pose, det, pose_engine, det_engine)
+            people, _ = run(encoded)
 
-            def call(topdown: TopDown = topdown) -> dict[str, float]:
-                topdown.predict_batch([encoded])
-                return {stage: topdown.last_timings.get(stage, 0.0) for stage in STAGES}
+            def call(run: PipelineRun = run) -> dict[str, float]:
+                return run(encoded)[1]
 
             samples = measure(call, config, lambda: None)
-            self._record("topdown", pose, backend, 1, samples, persons=len(people))
+            self._record(section, pose, backend, 1, samples, persons=len(people))
 
     # -- report ---------------------------------------------------------------------------------------
     def report(self, seconds: float) -> dict[str, Any]:
@@ -328,7 +334,7 @@ class Bench:
                 name: {"task": m.spec.task, "input_size": list(m.spec.input_size), "weights": m.weights_label}
                 for name, m in self.models.items()
             },
-            "pipeline_image": getattr(self, "pipeline_image", None),
+            "pipeline_image": self._pipeline_input[1] if self._pipeline_input else None,
             "stages": list(STAGES),
             "rows": [asdict(r) for r in self.rows],
             "seconds": round(seconds, 1),
