@@ -45,14 +45,40 @@ class Person:
         if self.track_id is not None:
             out = {"id": int(self.track_id), **out}
         if self.keypoints is not None:
-            scores = self.keypoint_scores
-            if scores is None:
-                scores = np.ones(len(self.keypoints))
-            out["keypoints"] = [
-                [round(float(x), 2), round(float(y), 2), round(float(s), 4)]
-                for (x, y), s in zip(self.keypoints, scores, strict=True)
-            ]
+            out["keypoints"] = _keypoints_json(self.keypoints, self.keypoint_scores)
         return out
+
+
+_KEYPOINT_SCALE = np.array([100.0, 100.0, 10000.0])  # 2, 2 and 4 decimals
+
+
+def _keypoints_json(keypoints: np.ndarray, scores: np.ndarray | None) -> list[list[float]]:
+    """[[x, y, score], ...] rounded to 2 / 2 / 4 decimals (a score of 1 where there are none).
+
+    NumPy rounds by scaling, `rint` and unscaling. For float32 (and smaller) inputs the scaled float64
+    value is exact (24 + 14 bits < 53), so that gives the same doubles as Python's correctly rounded
+    `round(float(v), n)`, in one array operation; other dtypes are rounded one number at a time.
+    """
+    points = np.asarray(keypoints)
+    kpt_scores = np.ones(len(points), np.float32) if scores is None else np.asarray(scores)
+    if not (_rounds_exactly(points) and _rounds_exactly(kpt_scores)):
+        return [
+            [round(float(x), 2), round(float(y), 2), round(float(s), 4)]
+            for (x, y), s in zip(points, kpt_scores, strict=True)
+        ]
+    if points.ndim != 2 or points.shape[1] != 2 or kpt_scores.size != len(points):
+        raise ValueError(f"keypoints must be (K, 2) with K scores, got {points.shape} and {kpt_scores.shape}")
+    table = np.empty((len(points), 3))
+    table[:, :2] = points
+    table[:, 2] = kpt_scores.reshape(len(points))
+    table *= _KEYPOINT_SCALE  # np.round(table, decimals) column by column, in three operations
+    np.rint(table, out=table)
+    table /= _KEYPOINT_SCALE
+    return table.tolist()
+
+
+def _rounds_exactly(values: np.ndarray) -> bool:
+    return values.dtype.kind == "f" and values.dtype.itemsize <= 4
 
 
 @dataclass

@@ -164,3 +164,73 @@ def test_torch_matrix_nms_on_cuda_agrees_with_numpy_reference(vis_thr: float | N
         thr=0.9,
     )
     assert got32.cpu().tolist() == expected.tolist()
+
+
+def _reference_oks_iou(
+    keypoints: np.ndarray,
+    others: np.ndarray,
+    area: float,
+    other_areas: np.ndarray,
+    kpt_scores: np.ndarray,
+    other_kpt_scores: np.ndarray,
+    vis_thr: float | None,
+) -> np.ndarray:
+    """One pose against many, the former `oks_iou` body."""
+    variances = (2.0 * COCO_SIGMAS) ** 2
+    sq_dist = ((others - keypoints[None]) ** 2).sum(axis=2)
+    mean_area = (float(area) + other_areas) / 2.0 + float(np.spacing(1))
+    similarity = np.exp(-(sq_dist / variances[None] / mean_area[:, None] / 2.0))
+    if vis_thr is None:
+        return similarity.mean(axis=1)
+    visible = (kpt_scores[None] > vis_thr) & (other_kpt_scores > vis_thr)
+    counts = visible.sum(axis=1)
+    return np.where(counts > 0, (similarity * visible).sum(axis=1) / np.maximum(counts, 1), 0.0)
+
+
+def _reference_oks_nms(
+    keypoints: np.ndarray,
+    kpt_scores: np.ndarray,
+    scores: np.ndarray,
+    areas: np.ndarray,
+    thr: float,
+    vis_thr: float | None,
+) -> list[int]:
+    """Greedy NMS with one `oks_iou` per kept pose, as MMPose (and formerly `oks_nms`) does."""
+    order = np.argsort(scores, kind="stable")[::-1]
+    keep = []
+    while len(order) > 0:
+        best, rest = int(order[0]), order[1:]
+        keep.append(best)
+        overlap = _reference_oks_iou(
+            keypoints[best],
+            keypoints[rest],
+            areas[best],
+            areas[rest],
+            kpt_scores[best],
+            kpt_scores[rest],
+            vis_thr,
+        )
+        order = rest[overlap <= thr]
+    return keep
+
+
+@pytest.mark.parametrize("full_matrix_max", [256, 3])
+@pytest.mark.parametrize("vis_thr", [None, 0.3])
+def test_matrix_oks_and_nms_equal_the_pose_by_pose_reference(
+    full_matrix_max: int, vis_thr: float | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rtpose.postprocess import pose_nms
+
+    monkeypatch.setattr(pose_nms, "_FULL_MATRIX_MAX", full_matrix_max)
+    rng = np.random.default_rng(6)
+    for n in [1, 2, 5, 12, 40]:
+        keypoints, kpt_scores, scores, areas = _random_poses(rng, n)
+        got = oks_iou(keypoints[0], keypoints, areas[0], areas, kpt_scores=kpt_scores[0],
+                      other_kpt_scores=kpt_scores, vis_thr=vis_thr)  # fmt: skip
+        want = _reference_oks_iou(
+            keypoints[0], keypoints, areas[0], areas, kpt_scores[0], kpt_scores, vis_thr
+        )
+        np.testing.assert_allclose(got, want, rtol=1e-13, atol=0)
+        for thr in (0.3, 0.7, 0.9):
+            kept = oks_nms(keypoints, kpt_scores, scores, areas, thr=thr, vis_thr=vis_thr).tolist()
+            assert kept == _reference_oks_nms(keypoints, kpt_scores, scores, areas, thr, vis_thr)

@@ -87,3 +87,73 @@ def test_jsonl_file_and_streaming_writer(tmp_path: Path) -> None:
     assert writer.count == 1 and len(path.read_text().splitlines()) == 4
     with pytest.raises(RtposeError, match="cannot open"):
         JsonlWriter(tmp_path / "missing" / "x.jsonl")
+
+
+def _reference_to_jsonable(value: object) -> object:
+    """`to_jsonable` as it was before its fast paths: one generic call per value."""
+    if hasattr(value, "to_json") and callable(value.to_json):
+        return _reference_to_jsonable(value.to_json())
+    if isinstance(value, dict):
+        return {str(k): _reference_to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_reference_to_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "tolist") and callable(value.tolist):
+        return _reference_to_jsonable(value.tolist())
+    return value
+
+
+def _reference_keypoints(person: Person) -> list[list[float]]:
+    """`Person.to_json()["keypoints"]` as it was: Python's round() on every number."""
+    scores = person.keypoint_scores if person.keypoint_scores is not None else np.ones(len(person.keypoints))
+    return [
+        [round(float(x), 2), round(float(y), 2), round(float(s), 4)]
+        for (x, y), s in zip(person.keypoints, scores, strict=True)
+    ]
+
+
+class _Scored(dict):
+    def to_json(self) -> dict:
+        return {"kind": "scored", **self}
+
+
+def test_to_jsonable_fast_paths_match_the_generic_walk() -> None:
+    value = {
+        "people": [_result().people[0], {"nested": (1, 2.5, None, True, "x")}],
+        1: np.float32(0.1),
+        2.5: [np.int64(3), np.arange(3), Path("a/b"), _Scored(a=np.float64(2.0))],
+        None: (),
+    }
+    assert to_jsonable(value) == _reference_to_jsonable(value)
+    assert json.dumps(to_jsonable(value)) == json.dumps(_reference_to_jsonable(value))
+
+
+def test_vectorised_keypoint_rounding_equals_python_round() -> None:
+    rng = np.random.default_rng(0)
+    for i in range(300):
+        scale = 10.0 ** rng.uniform(-1, 4)
+        keypoints = rng.uniform(-1, 1, (17, 2)) * scale
+        if i % 3 == 0:  # exact halves of the last kept decimal: round half to even must agree
+            keypoints = np.round(keypoints * 8) / 8
+        scores = rng.uniform(0, 1, 17)
+        if i % 4 == 0:
+            scores = np.round(scores * 2**14) / 2**14
+        dtype = [np.float32, np.float16, np.float64][i % 3]
+        person = Person(np.zeros(4, np.float32), 0.5, keypoints.astype(dtype), scores.astype(dtype))
+        assert repr(person.to_json()["keypoints"]) == repr(_reference_keypoints(person))
+    no_scores = Person(np.zeros(4), 0.5, np.full((17, 2), 2.675, np.float32))
+    assert no_scores.to_json()["keypoints"] == _reference_keypoints(no_scores)
+    with pytest.raises(ValueError):
+        Person(np.zeros(4), 0.5, np.zeros((17, 2), np.float32), np.zeros(16, np.float32)).to_json()
+
+
+def test_plain_jsonl_lines_equal_converted_ones(tmp_path: Path) -> None:
+    from rtpose.pipelines.video import FrameResult
+
+    record = FrameResult("cam", 3, 0.123456, _result().people).to_json()
+    record["extra"] = [np.float32(0.5), np.int64(2)]  # leftovers are still converted
+    with JsonlWriter(tmp_path / "a.jsonl") as a, JsonlWriter(tmp_path / "b.jsonl") as b:
+        a.write(record)
+        b.write(record, plain=True)
+    assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()

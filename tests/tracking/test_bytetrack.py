@@ -100,3 +100,47 @@ def test_bad_config_is_a_clear_error() -> None:
         TrackerConfig(low_thr=0.6, high_thr=0.5)
     with pytest.raises(RtposeError, match="oks_weight"):
         TrackerConfig(oks_weight=2.0)
+
+
+def _random_frames(seed: int, frames: int = 60, n: int = 10) -> list[list[Person]]:
+    """People wandering about and overlapping, with varied scores, some leaving and coming back."""
+    rng = np.random.default_rng(seed)
+    position = rng.uniform(0, 500, (n, 2))
+    velocity = rng.normal(0, 6, (n, 2))
+    out = []
+    for _ in range(frames):
+        position += velocity + rng.normal(0, 2, (n, 2))
+        present = rng.random(n) > 0.1
+        people = []
+        for i in np.flatnonzero(present):
+            box = np.concatenate([position[i], position[i] + [40, 100]]).astype(np.float32)
+            keypoints = (np.linspace(box[:2], box[2:], 17) + rng.normal(0, 2, (17, 2))).astype(np.float32)
+            people.append(Person(box, float(rng.uniform(0.1, 0.95)), keypoints, np.full(17, 0.9, np.float32)))
+        out.append(people)
+    return out
+
+
+@pytest.mark.parametrize("oks_weight", [0.0, 0.5])
+def test_shortcuts_give_the_results_of_the_pairwise_paths(
+    oks_weight: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The matrix OKS fusion and the assignment shortcut against the pair-by-pair loop and full search."""
+    from rtpose.tracking import matching
+
+    def track(frames: list[list[Person]]) -> list[list[tuple]]:
+        tracker = ByteTracker(TrackerConfig(oks_weight=oks_weight))
+        results = []
+        for people in frames:
+            out = tracker.update(people)
+            results.append([(p.track_id, p.bbox.tobytes()) for p in out])
+            results.append(
+                [(t.track_id, t.state, t.mean.tobytes(), t.shift.tobytes()) for t in tracker.tracks]
+            )
+        return results
+
+    frames = _random_frames(5)
+    fast = track(frames)
+    monkeypatch.setattr(ByteTracker, "_oks_fused", staticmethod(lambda *args: False))
+    monkeypatch.setattr(matching, "_min_cost_rows_to_columns", matching._shortest_augmenting_paths)
+    assert track(frames) == fast
+    assert any(ids for ids in fast[::2])

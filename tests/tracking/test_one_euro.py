@@ -83,3 +83,37 @@ def test_smoother_resets_on_reappearance_and_forgets_old_tracks() -> None:
 def test_bad_parameters_are_clear_errors() -> None:
     with pytest.raises(RtposeError, match="min_cutoff"):
         OneEuroParams(min_cutoff=0.0)
+
+
+def test_smoother_on_all_tracks_at_once_equals_one_filter_per_track() -> None:
+    """Tracks coming, going, coming back, a repeated timestamp and a doubled id, against per-track filters
+    run one at a time (the smoother's former loop)."""
+    rng = np.random.default_rng(4)
+    params = OneEuroParams(min_cutoff=0.7, beta=0.2)
+    smoother = PoseSmoother(params, forget_after=3)
+    filters: dict[int, OneEuroFilter] = {}
+    last_seen: dict[int, int] = {}
+    time_s = 0.0
+    for step in range(80):
+        time_s += 0.0 if step % 13 == 5 else float(rng.uniform(0.02, 0.05))
+        ids = sorted(rng.choice(8, size=int(rng.integers(0, 7)), replace=False).tolist())
+        if step % 17 == 3 and ids:
+            ids.append(ids[0])
+        people = [
+            Person(np.zeros(4), 0.9, rng.normal(50, 20, (17, 2)).astype(np.float32), None, t) for t in ids
+        ]
+        people.append(Person(np.zeros(4), 0.9, np.zeros((17, 2), np.float32)))  # no track id: passes
+        got = smoother(people, time_s)
+        for person, out in zip(people[:-1], got[:-1], strict=True):
+            track_id = int(person.track_id or 0)
+            if track_id not in filters:
+                filters[track_id] = OneEuroFilter(params)
+            elif last_seen.get(track_id) != step - 1:
+                filters[track_id].reset()
+            last_seen[track_id] = step
+            want = filters[track_id](person.keypoints, time_s).astype(np.float32)
+            np.testing.assert_array_equal(out.keypoints, want)
+            assert out.track_id == person.track_id
+        for track_id in [t for t, seen in last_seen.items() if step - seen > 3]:
+            del filters[track_id], last_seen[track_id]
+        assert got[-1] is people[-1] and len(smoother) == len(filters)

@@ -67,3 +67,49 @@ def test_bad_settings_are_clear_errors() -> None:
         TemporalConfig(det_interval=0)
     with pytest.raises(RtposeError, match="tracking"):
         TemporalConfig(track=False, smooth=True)
+
+
+def _reference_box(keypoints, scores, kpt_thr, min_keypoints, image_size, padding=1.2, min_size=8.0):
+    """The per-pose arithmetic, written out independently of the vectorised code."""
+    points = np.asarray(keypoints, dtype=np.float64).reshape(-1, 2)
+    confident = np.isfinite(points).all(axis=1)
+    if scores is not None:
+        confident &= np.asarray(scores, dtype=np.float64) > kpt_thr
+    if confident.sum() < max(1, min_keypoints):
+        return None
+    low, high = points[confident].min(axis=0), points[confident].max(axis=0)
+    centre, half = (low + high) / 2, np.maximum((high - low) * padding, min_size) / 2
+    height, width = image_size
+    box = np.clip(np.concatenate([centre - half, centre + half]), 0, [width, height, width, height])
+    return None if box[2] - box[0] < 1 or box[3] - box[1] < 1 else box.astype(np.float32)
+
+
+def test_boxes_from_people_at_once_equal_one_by_one() -> None:
+    from rtpose.tracking.temporal import mean_keypoint_score, mean_keypoint_scores
+
+    rng = np.random.default_rng(3)
+    for trial in range(60):
+        people = []
+        for _ in range(int(rng.integers(0, 12))):
+            keypoints = rng.uniform(-50, 700, (17, 2)).astype(np.float32)
+            keypoints[rng.random(17) < 0.05] = np.nan
+            scores = rng.uniform(0, 1, 17).astype(np.float32)
+            scores[: int(rng.integers(0, 17))] = 0.1  # some with too few confident keypoints
+            people.append(Person(keypoints[0].repeat(2), float(rng.random()), keypoints, scores))
+        if trial % 10 == 0 and people:  # mixed inputs take the one-by-one path
+            people.append(Person(np.zeros(4, np.float32), 0.5, people[0].keypoints, None))
+        size = (480, 640)
+        boxes, scores, sources = boxes_from_people(people, kpt_thr=0.3, min_keypoints=3, image_size=size)
+        one_by_one = [
+            (
+                _reference_box(p.keypoints, p.keypoint_scores, kpt_thr=0.3, min_keypoints=3, image_size=size),
+                p,
+            )
+            for p in people
+            if p.keypoints is not None
+        ]
+        want = [(b, p) for b, p in one_by_one if b is not None]
+        assert [id(p) for p in sources] == [id(p) for _, p in want]
+        np.testing.assert_array_equal(boxes.reshape(-1, 4), np.array([b for b, _ in want]).reshape(-1, 4))
+        np.testing.assert_array_equal(scores, np.array([p.score for _, p in want], np.float32))
+        assert mean_keypoint_scores(people) == [mean_keypoint_score(p) for p in people]

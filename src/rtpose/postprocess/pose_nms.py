@@ -54,6 +54,49 @@ def _check_inputs(
         raise RtposeError(f"pose NMS: {k} keypoints per pose but {n_sigmas} sigmas")
 
 
+#: Up to this many poses `oks_nms` computes all pairwise OKS values at once (N x N x K floats); above it,
+#: one row per kept pose, so memory stays linear for images with very many candidates.
+_FULL_MATRIX_MAX = 256
+
+
+def oks_matrix(
+    keypoints_a: np.ndarray,
+    keypoints_b: np.ndarray,
+    areas_a: np.ndarray,
+    areas_b: np.ndarray,
+    *,
+    sigmas: np.ndarray = COCO_SIGMAS,
+    kpt_scores_a: np.ndarray | None = None,
+    kpt_scores_b: np.ndarray | None = None,
+    vis_thr: float | None = None,
+) -> np.ndarray:
+    """OKS of every pose in `keypoints_a` (R, K, 2) with every pose in `keypoints_b` (C, K, 2) -> (R, C).
+
+    areas_a (R,) and areas_b (C,), or arrays of any shape broadcasting to (R, C) (the tracker scales both
+    sides by the new pose's area). Keypoint scores (R, K) and (C, K) are only needed with `vis_thr`.
+    """
+    a = np.asarray(keypoints_a, dtype=np.float64)
+    b = np.asarray(keypoints_b, dtype=np.float64)
+    variances = (2.0 * np.asarray(sigmas, dtype=np.float64)) ** 2
+    areas_a = np.asarray(areas_a, dtype=np.float64)
+    areas_b = np.asarray(areas_b, dtype=np.float64)
+    areas_a = areas_a[:, None] if areas_a.ndim == 1 else areas_a
+    areas_b = areas_b[None, :] if areas_b.ndim == 1 else areas_b
+    sq_dist = ((b[None] - a[:, None]) ** 2).sum(axis=3)  # (R, C, K)
+    mean_area = (areas_a + areas_b) / 2.0 + _AREA_EPS
+    similarity = np.exp(-(sq_dist / variances / mean_area[..., None] / 2.0))
+    if vis_thr is None:
+        if similarity.shape[2] == 0:
+            return np.zeros(similarity.shape[:2])
+        return similarity.mean(axis=2)
+    if kpt_scores_a is None or kpt_scores_b is None:
+        raise RtposeError("oks_iou: vis_thr needs the keypoint scores of both sides")
+    visible = (np.asarray(kpt_scores_a)[:, None] > vis_thr) & (np.asarray(kpt_scores_b)[None] > vis_thr)
+    counts = visible.sum(axis=2)
+    sums = (similarity * visible).sum(axis=2)
+    return np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
+
+
 def oks_iou(
     keypoints: np.ndarray,
     others: np.ndarray,
@@ -71,21 +114,12 @@ def oks_iou(
     """
     keypoints = np.asarray(keypoints, dtype=np.float64)
     others = np.asarray(others, dtype=np.float64).reshape(-1, *keypoints.shape)
-    sigmas = np.asarray(sigmas, dtype=np.float64)
-    variances = (2.0 * sigmas) ** 2
     other_areas = np.asarray(other_areas, dtype=np.float64).reshape(-1)
-    sq_dist = ((others - keypoints[None]) ** 2).sum(axis=2)  # (M, K)
-    mean_area = (float(area) + other_areas) / 2.0 + _AREA_EPS
-    e = sq_dist / variances[None] / mean_area[:, None] / 2.0
-    similarity = np.exp(-e)
-    if vis_thr is None:
-        return similarity.mean(axis=1) if similarity.shape[1] else np.zeros(len(others))
-    if kpt_scores is None or other_kpt_scores is None:
-        raise RtposeError("oks_iou: vis_thr needs the keypoint scores of both sides")
-    visible = (np.asarray(kpt_scores)[None] > vis_thr) & (np.asarray(other_kpt_scores) > vis_thr)
-    counts = visible.sum(axis=1)
-    sums = (similarity * visible).sum(axis=1)
-    return np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
+    return oks_matrix(
+        keypoints[None], others, np.array([float(area)]), other_areas, sigmas=sigmas,
+        kpt_scores_a=None if kpt_scores is None else np.asarray(kpt_scores)[None],
+        kpt_scores_b=other_kpt_scores, vis_thr=vis_thr,
+    )[0]  # fmt: skip
 
 
 def oks_nms(
@@ -97,10 +131,12 @@ def oks_nms(
     sigmas: np.ndarray = COCO_SIGMAS,
     vis_thr: float | None = None,
 ) -> np.ndarray:
-    """Greedy OKS-NMS, NumPy reference (one `oks_iou` call per kept pose, as MMPose does).
+    """Greedy OKS-NMS, NumPy reference.
 
     keypoints (N, K, 2), kpt_scores (N, K) (used only with `vis_thr`), scores (N,) pose scores, areas (N,)
     the object areas OKS is normalised by. Returns the kept indices (int64) in descending score order.
+    The pairwise OKS values are computed in one go (row by row above `_FULL_MATRIX_MAX` poses); the
+    greedy visit is MMPose's.
     """
     keypoints = np.asarray(keypoints, dtype=np.float64)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
@@ -114,6 +150,14 @@ def oks_nms(
         raise RtposeError("oks_nms: vis_thr needs keypoint scores")
     kpt_scores_arr = None if kpt_scores is None else np.asarray(kpt_scores, dtype=np.float64)
 
+    def overlaps(rows: np.ndarray | slice, cols: np.ndarray | slice) -> np.ndarray:
+        return oks_matrix(
+            keypoints[rows], keypoints[cols], areas[rows], areas[cols], sigmas=sigmas,
+            kpt_scores_a=None if kpt_scores_arr is None else kpt_scores_arr[rows],
+            kpt_scores_b=None if kpt_scores_arr is None else kpt_scores_arr[cols], vis_thr=vis_thr,
+        )  # fmt: skip
+
+    full = overlaps(slice(None), slice(None)) if 1 < len(scores) <= _FULL_MATRIX_MAX else None
     order = np.argsort(scores, kind="stable")[::-1]
     keep: list[int] = []
     while len(order) > 0:
@@ -121,12 +165,7 @@ def oks_nms(
         keep.append(best)
         if len(rest) == 0:
             break
-        overlap = oks_iou(
-            keypoints[best], keypoints[rest], areas[best], areas[rest], sigmas=sigmas,
-            kpt_scores=None if kpt_scores_arr is None else kpt_scores_arr[best],
-            other_kpt_scores=None if kpt_scores_arr is None else kpt_scores_arr[rest],
-            vis_thr=vis_thr,
-        )  # fmt: skip
+        overlap = full[best, rest] if full is not None else overlaps(slice(best, best + 1), rest)[0]
         order = rest[overlap <= thr]
     return np.asarray(keep, dtype=np.int64)
 

@@ -23,8 +23,26 @@ STDOUT = "-"
 _DEFAULT_FILE_MODE = 0o644
 
 
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
 def to_jsonable(value: Any) -> Any:
-    """Plain JSON types from results: `to_json()` objects, NumPy scalars/arrays, tuples, Paths."""
+    """Plain JSON types from results: `to_json()` objects, NumPy scalars/arrays, tuples, Paths.
+
+    Exact builtin types are dispatched first and plain list items are kept without a call: a video
+    frame's record holds thousands of floats, and a generic call per number cost more than the dump.
+    """
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
+    if kind is list or kind is tuple:
+        return [v if type(v) in _PLAIN else to_jsonable(v) for v in value]
+    if kind is dict:
+        return {str(k): v if type(v) in _PLAIN else to_jsonable(v) for k, v in value.items()}
+    return _to_jsonable_generic(value)
+
+
+def _to_jsonable_generic(value: Any) -> Any:
     if hasattr(value, "to_json") and callable(value.to_json):
         return to_jsonable(value.to_json())
     if isinstance(value, dict):
@@ -38,8 +56,10 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
-def _dumps(value: Any, indent: int | None) -> str:
+def _dumps(value: Any, indent: int | None, *, plain: bool = False) -> str:
     try:
+        if plain:  # only the rare non-JSON leaf is converted, when the encoder meets it
+            return json.dumps(value, indent=indent, allow_nan=False, default=to_jsonable)
         return json.dumps(to_jsonable(value), indent=indent, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise RtposeError(f"cannot write results as JSON: {exc}") from None
@@ -111,8 +131,10 @@ class JsonlWriter:
             except OSError as exc:
                 raise RtposeError(f"cannot open {self.path} for writing: {exc}") from None
 
-    def write(self, record: Any) -> None:
-        self._handle.write(_dumps(record, None) + "\n")
+    def write(self, record: Any, *, plain: bool = False) -> None:
+        """Append `record` as one line. plain=True: `record` is already made of dicts with str keys,
+        lists and JSON scalars (a `to_json()` result), so the conversion walk over it is skipped."""
+        self._handle.write(_dumps(record, None, plain=plain) + "\n")
         self._handle.flush()
         self.count += 1
 

@@ -18,16 +18,16 @@ The assignment is exact (`matching.linear_assignment`), not greedy.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
 
 import numpy as np
 
 from rtpose.errors import RtposeError
-from rtpose.postprocess.pose_nms import oks_iou
+from rtpose.postprocess.pose_nms import oks_iou, oks_matrix
 from rtpose.tracking.kalman import BoxKalmanFilter, xyah_to_xyxy, xyxy_to_xyah
 from rtpose.tracking.matching import iou_matrix, linear_assignment
+from rtpose.tracking.people import with_track_id
 from rtpose.types import Person
 
 
@@ -109,19 +109,19 @@ class ByteTracker:
         scores = np.array([p.score for p in people], dtype=np.float64)
         high = [i for i in range(len(people)) if scores[i] >= cfg.high_thr]
         low = [i for i in range(len(people)) if cfg.low_thr <= scores[i] < cfg.high_thr]
+        # person index -> its track; every matched track is corrected at the end of the frame, all at once
+        # (no track is matched twice, and the matching of one stage never looks at another's tracks)
         assigned: dict[int, Track] = {}
 
         # 1) high-score people vs tracked + lost tracks (IoU, optionally fused with OKS)
         pool = [t for t in self.tracks if t.state in (TrackState.TRACKED, TrackState.LOST)]
         matched, rest_tracks, rest_high = self._associate(pool, people, high, cfg.match_cost, cfg.oks_weight)
         for track, index in matched:
-            self._correct(track, people[index])
             assigned[index] = track
         # 2) low-score people keep still-tracked tracks alive (IoU only: their poses are unreliable)
         still_tracked = [t for t in rest_tracks if t.state == TrackState.TRACKED]
         matched, unmatched_tracks, _ = self._associate(still_tracked, people, low, cfg.low_match_cost, 0.0)
         for track, index in matched:
-            self._correct(track, people[index])
             assigned[index] = track
         for track in unmatched_tracks:
             track.state = TrackState.LOST
@@ -131,10 +131,10 @@ class ByteTracker:
             tentative, people, rest_high, cfg.tentative_match_cost, 0.0
         )
         for track, index in matched:
-            self._correct(track, people[index])
             track.track_id = self._take_id()
             assigned[index] = track
         removed = {id(t) for t in dead}
+        self._correct([(track, people[index]) for index, track in assigned.items()])
         # 4) new tracks
         for index in rest_high:
             if scores[index] >= cfg.new_track_thr:
@@ -147,7 +147,7 @@ class ByteTracker:
             if id(t) not in removed
             and not (t.state == TrackState.LOST and self.frame_index - t.last_frame > cfg.track_buffer)
         ]  # fmt: skip
-        return [dataclasses.replace(people[i], track_id=assigned[i].track_id) for i in sorted(assigned)]
+        return [with_track_id(people[i], assigned[i].track_id) for i in sorted(assigned)]
 
     # -- internals --------------------------------------------------------------------------------
     def _take_id(self) -> int:
@@ -157,21 +157,27 @@ class ByteTracker:
     def _predict(self) -> None:
         if not self.tracks:
             return
-        means = np.stack([t.mean for t in self.tracks])
-        covariances = np.stack([t.covariance for t in self.tracks])
-        for i, track in enumerate(self.tracks):
-            if track.state != TrackState.TRACKED:
-                means[i, 7] = 0.0  # a lost box keeps its size
+        means = np.array([t.mean for t in self.tracks])
+        covariances = np.array([t.covariance for t in self.tracks])
+        old_xy = means[:, :2].copy()
+        means[[t.state != TrackState.TRACKED for t in self.tracks], 7] = 0.0  # a lost box keeps its size
+        lost = np.array([[float(t.state == TrackState.LOST)] for t in self.tracks])
+        shifts = np.array([t.shift for t in self.tracks])
         new_means, new_covariances = self.kalman.predict_many(means, covariances)
-        for track, mean, covariance in zip(self.tracks, new_means, new_covariances, strict=True):
-            track.shift = mean[:2] - track.mean[:2] + track.shift * (track.state == TrackState.LOST)
-            track.mean, track.covariance = mean, covariance
+        # a lost track's pose stays where it was last seen: its shift accumulates over the frames
+        new_shifts = new_means[:, :2] - old_xy + shifts * lost
+        for track, mean, covariance, shift in zip(
+            self.tracks, new_means, new_covariances, new_shifts, strict=True
+        ):
+            track.mean, track.covariance, track.shift = mean, covariance, shift
 
     def _similarity(self, tracks: list[Track], people: list[Person], oks_weight: float) -> np.ndarray:
-        track_boxes = np.stack([t.box for t in tracks])
-        person_boxes = np.stack([np.asarray(p.bbox, dtype=np.float64) for p in people])
+        track_boxes = xyah_to_xyxy(np.array([t.mean[:4] for t in tracks]))
+        person_boxes = np.array([p.bbox for p in people], dtype=np.float64).reshape(-1, 4)
         similarity = iou_matrix(track_boxes, person_boxes)
         if oks_weight <= 0.0:
+            return similarity
+        if self._oks_fused(similarity, tracks, people, person_boxes, oks_weight):
             return similarity
         for row, track in enumerate(tracks):
             if track.person.keypoints is None:
@@ -185,6 +191,34 @@ class ByteTracker:
                 oks = float(oks_iou(moved, np.asarray(person.keypoints)[None], area, np.array([area]))[0])
                 similarity[row, col] = (1 - oks_weight) * similarity[row, col] + oks_weight * oks
         return similarity
+
+    @staticmethod
+    def _oks_fused(
+        similarity: np.ndarray,
+        tracks: list[Track],
+        people: list[Person],
+        person_boxes: np.ndarray,
+        weight: float,
+    ) -> bool:
+        """Fuse OKS into `similarity` in place as one matrix when all poses share one shape; False if not.
+
+        Same numbers as the pair-by-pair loop: both sides are normalised by the new person's box area.
+        """
+        rows = [r for r, t in enumerate(tracks) if t.person.keypoints is not None]
+        cols = [c for c, p in enumerate(people) if p.keypoints is not None]
+        if not rows or not cols:
+            return True
+        moved = [np.asarray(tracks[r].person.keypoints, dtype=np.float64) + tracks[r].shift for r in rows]
+        current = [np.asarray(people[c].keypoints) for c in cols]
+        shape = moved[0].shape
+        if len(shape) != 2 or any(m.shape != shape for m in moved) or any(k.shape != shape for k in current):
+            return False
+        boxes = person_boxes[cols]
+        areas = np.maximum((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1.0)
+        oks = oks_matrix(np.array(moved), np.array(current), areas[None, :], areas)
+        block = np.ix_(rows, cols)
+        similarity[block] = (1 - weight) * similarity[block] + weight * oks
+        return True
 
     def _associate(
         self,
@@ -202,15 +236,22 @@ class ByteTracker:
         pairs = [(tracks[r], indices[c]) for r, c in matches]
         return pairs, [tracks[r] for r in free_rows], [indices[c] for c in free_cols]
 
-    def _correct(self, track: Track, person: Person) -> None:
-        track.mean, track.covariance = self.kalman.update(
-            track.mean, track.covariance, xyxy_to_xyah(np.asarray(person.bbox))
+    def _correct(self, pairs: list[tuple[Track, Person]]) -> None:
+        """Kalman-correct each track with its person's box (one batched update) and mark it tracked."""
+        if not pairs:
+            return
+        means, covariances = self.kalman.update_many(
+            np.array([t.mean for t, _ in pairs]),
+            np.array([t.covariance for t, _ in pairs]),
+            xyxy_to_xyah(np.array([p.bbox for _, p in pairs])),
         )
-        track.person = person
-        track.state = TrackState.TRACKED
-        track.last_frame = self.frame_index
-        track.hits += 1
-        track.shift = np.zeros(2)
+        for (track, person), mean, covariance in zip(pairs, means, covariances, strict=True):
+            track.mean, track.covariance = mean, covariance
+            track.person = person
+            track.state = TrackState.TRACKED
+            track.last_frame = self.frame_index
+            track.hits += 1
+            track.shift = np.zeros(2)
 
     def _start(self, person: Person) -> Track:
         mean, covariance = self.kalman.initiate(xyxy_to_xyah(np.asarray(person.bbox)))

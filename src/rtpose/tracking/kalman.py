@@ -3,7 +3,7 @@
 State (8,): box centre x, y, aspect ratio w/h, height h, and their velocities per frame. Process and
 measurement noise scale with the box height, so a far (small) person and a near (large) one are
 tracked with the same relative uncertainty. Tracks are predicted together (`predict_many`) once per
-frame; updates are per matched track.
+frame, and the matched tracks are corrected together (`update_many`).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 _DIM = 4
+_DIAGONAL = np.arange(_DIM)
 
 
 def xyxy_to_xyah(box: np.ndarray) -> np.ndarray:
@@ -18,9 +19,12 @@ def xyxy_to_xyah(box: np.ndarray) -> np.ndarray:
     box = np.asarray(box, dtype=np.float64)
     width = np.maximum(box[..., 2] - box[..., 0], 1e-6)
     height = np.maximum(box[..., 3] - box[..., 1], 1e-6)
-    return np.stack(
-        [(box[..., 0] + box[..., 2]) / 2, (box[..., 1] + box[..., 3]) / 2, width / height, height], -1
-    )
+    out = np.empty((*box.shape[:-1], 4))
+    out[..., 0] = (box[..., 0] + box[..., 2]) / 2
+    out[..., 1] = (box[..., 1] + box[..., 3]) / 2
+    out[..., 2] = width / height
+    out[..., 3] = height
+    return out
 
 
 def xyah_to_xyxy(xyah: np.ndarray) -> np.ndarray:
@@ -28,9 +32,12 @@ def xyah_to_xyxy(xyah: np.ndarray) -> np.ndarray:
     xyah = np.asarray(xyah, dtype=np.float64)
     width = xyah[..., 2] * xyah[..., 3]
     half_w, half_h = width / 2, xyah[..., 3] / 2
-    return np.stack(
-        [xyah[..., 0] - half_w, xyah[..., 1] - half_h, xyah[..., 0] + half_w, xyah[..., 1] + half_h], -1
-    )
+    out = np.empty((*xyah.shape[:-1], 4))
+    out[..., 0] = xyah[..., 0] - half_w
+    out[..., 1] = xyah[..., 1] - half_h
+    out[..., 2] = xyah[..., 0] + half_w
+    out[..., 3] = xyah[..., 1] + half_h
+    return out
 
 
 class BoxKalmanFilter:
@@ -80,14 +87,32 @@ class BoxKalmanFilter:
         self, mean: np.ndarray, covariance: np.ndarray, measurement_xyah: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """Correct one track with one measured box (x, y, a, h)."""
-        measurement = np.asarray(measurement_xyah, dtype=np.float64).reshape(_DIM)
-        measurement_std = self._position_std(np.array([mean[3]]))[0]
-        projected_cov = self.observation @ covariance @ self.observation.T + np.diag(measurement_std**2)
-        cross = covariance @ self.observation.T  # (8, 4)
-        gain = np.linalg.solve(
-            projected_cov, cross.T
-        ).T  # cross @ inv(projected_cov); projected_cov symmetric
-        innovation = measurement - self.observation @ mean
-        new_mean = mean + gain @ innovation
-        new_cov = covariance - gain @ projected_cov @ gain.T
-        return new_mean, (new_cov + new_cov.T) / 2
+        measurement = np.asarray(measurement_xyah, dtype=np.float64).reshape(1, _DIM)
+        new_means, new_covs = self.update_many(
+            np.asarray(mean)[None], np.asarray(covariance)[None], measurement
+        )
+        return new_means[0], new_covs[0]
+
+    def update_many(
+        self, means: np.ndarray, covariances: np.ndarray, measurements_xyah: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Correct N tracks at once, each with its own measured box: (N, 8), (N, 8, 8), (N, 4).
+
+        The observation matrix only selects the position part, so the projections are slices rather
+        than products (the same numbers: the products only add zeros).
+        """
+        means = np.asarray(means, dtype=np.float64).reshape(-1, 2 * _DIM)
+        covariances = np.asarray(covariances, dtype=np.float64).reshape(-1, 2 * _DIM, 2 * _DIM)
+        measurements = np.asarray(measurements_xyah, dtype=np.float64).reshape(-1, _DIM)
+        if len(means) == 0:
+            return means, covariances
+        measurement_var = self._position_std(means[:, 3]) ** 2  # (N, 4)
+        projected_cov = covariances[:, :_DIM, :_DIM].copy()
+        projected_cov[:, _DIAGONAL, _DIAGONAL] += measurement_var
+        cross = covariances[:, :, :_DIM]  # (N, 8, 4) = covariance @ observation.T
+        # cross @ inv(projected_cov), as solve(projected_cov, cross.T).T (projected_cov is symmetric)
+        gain = np.linalg.solve(projected_cov, cross.transpose(0, 2, 1)).transpose(0, 2, 1)
+        innovation = measurements - means[:, :_DIM]
+        new_means = means + (gain @ innovation[:, :, None])[:, :, 0]
+        new_covs = covariances - gain @ projected_cov @ gain.transpose(0, 2, 1)
+        return new_means, (new_covs + new_covs.transpose(0, 2, 1)) / 2

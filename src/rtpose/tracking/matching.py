@@ -39,6 +39,19 @@ def _min_cost_rows_to_columns(cost: np.ndarray) -> np.ndarray:
     costs (row potentials u, column potentials v), then flips the augmenting path. Returns the column of
     each row.
     """
+    if cost.size == 0:
+        return np.zeros(len(cost), dtype=np.int64)
+    greedy = cost.argmin(axis=1)
+    if len(np.unique(greedy)) == len(greedy) and np.isfinite(cost).all():
+        # Every row's first cheapest column is distinct (the usual case in tracking). Then each row's
+        # search ends at once on that column, leaving the column potentials at 0: the result is exactly
+        # this, without the search.
+        return greedy.astype(np.int64)
+    return _shortest_augmenting_paths(cost)
+
+
+def _shortest_augmenting_paths(cost: np.ndarray) -> np.ndarray:
+    """The search of `_min_cost_rows_to_columns`, always run in full."""
     n, m = cost.shape
     u = np.zeros(n + 1)
     v = np.zeros(m + 1)
@@ -98,7 +111,9 @@ def linear_assignment(cost: np.ndarray, max_cost: float) -> tuple[np.ndarray, np
     col_of_row = _min_cost_rows_to_columns(padded)
     rows = np.flatnonzero(col_of_row < m)
     rows = rows[allowed[rows, col_of_row[rows]]]
-    matches = np.stack([rows, col_of_row[rows]], axis=1).astype(np.int64)
-    unmatched_rows = np.setdiff1d(np.arange(n), matches[:, 0]).astype(np.int64)
-    unmatched_cols = np.setdiff1d(np.arange(m), matches[:, 1]).astype(np.int64)
-    return matches, unmatched_rows, unmatched_cols
+    matches = np.empty((len(rows), 2), np.int64)
+    matches[:, 0], matches[:, 1] = rows, col_of_row[rows]
+    free_rows, free_cols = np.ones(n, bool), np.ones(m, bool)
+    free_rows[matches[:, 0]] = False
+    free_cols[matches[:, 1]] = False
+    return matches, np.flatnonzero(free_rows).astype(np.int64), np.flatnonzero(free_cols).astype(np.int64)

@@ -14,13 +14,13 @@ starts it afresh when a track is new or reappears after a gap, so no smoothing r
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from rtpose.errors import RtposeError
+from rtpose.tracking.people import with_keypoints
 from rtpose.types import Person
 
 
@@ -64,13 +64,20 @@ class OneEuroFilter:
         dt = float(time_s) - self._time
         if dt <= 0:  # repeated or out-of-order timestamp: nothing to learn from it
             return self._value.copy()
-        p = self.params
-        speed = (value - self._value) / dt
-        speed_hat = self._speed + smoothing_factor(p.d_cutoff, dt) * (speed - self._speed)
-        cutoff = p.min_cutoff + p.beta * np.abs(speed_hat)
-        value_hat = self._value + smoothing_factor(cutoff, dt) * (value - self._value)
+        value_hat, speed_hat = _one_euro_step(self.params, value, self._value, self._speed, dt)
         self._value, self._speed, self._time = value_hat, speed_hat, float(time_s)
         return value_hat.copy()
+
+
+def _one_euro_step(
+    p: OneEuroParams, value: np.ndarray, previous: np.ndarray, speed: np.ndarray, dt: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """One filter step, elementwise (so stacked filters give each one's own numbers): (value, speed)."""
+    raw_speed = (value - previous) / dt
+    speed_hat = speed + smoothing_factor(p.d_cutoff, dt) * (raw_speed - speed)
+    cutoff = p.min_cutoff + p.beta * np.abs(speed_hat)
+    value_hat = previous + smoothing_factor(cutoff, dt) * (value - previous)
+    return value_hat, speed_hat
 
 
 class PoseSmoother:
@@ -92,20 +99,59 @@ class PoseSmoother:
 
     def __call__(self, people: list[Person], time_s: float) -> list[Person]:
         self._step += 1
-        out = []
-        for person in people:
-            if person.track_id is None or person.keypoints is None:
-                out.append(person)
-                continue
-            track_id = int(person.track_id)
-            filt = self._filters.get(track_id)
-            if filt is None:
-                filt = self._filters[track_id] = OneEuroFilter(self.params)
-            elif self._last_seen.get(track_id) != self._step - 1:
-                filt.reset()  # reappeared after a gap: start again from the new position
-            self._last_seen[track_id] = self._step
-            smoothed = filt(person.keypoints, time_s).astype(np.float32)
-            out.append(dataclasses.replace(person, keypoints=smoothed))
+        out = list(people)
+        chosen = [i for i, p in enumerate(people) if p.track_id is not None and p.keypoints is not None]
+        track_ids = [int(people[i].track_id or 0) for i in chosen]
+        if len(set(track_ids)) < len(track_ids):  # one id twice: the filter must see them in turn
+            for i, track_id in zip(chosen, track_ids, strict=True):
+                smoothed = self._filter(track_id)(people[i].keypoints, time_s).astype(np.float32)
+                out[i] = with_keypoints(people[i], smoothed)
+        else:
+            filters = [self._filter(track_id) for track_id in track_ids]
+            values = [np.asarray(people[i].keypoints, dtype=np.float64) for i in chosen]
+            for i, smoothed in zip(chosen, _filter_many(filters, values, float(time_s)), strict=True):
+                out[i] = with_keypoints(people[i], smoothed.astype(np.float32))
         for track_id in [t for t, seen in self._last_seen.items() if self._step - seen > self.forget_after]:
             del self._filters[track_id], self._last_seen[track_id]
         return out
+
+    def _filter(self, track_id: int) -> OneEuroFilter:
+        """This track's filter for the current call, reset when the track was not seen on the last one."""
+        filt = self._filters.get(track_id)
+        if filt is None:
+            filt = self._filters[track_id] = OneEuroFilter(self.params)
+        elif self._last_seen.get(track_id) != self._step - 1:
+            filt.reset()  # reappeared after a gap: start again from the new position
+        self._last_seen[track_id] = self._step
+        return filt
+
+
+def _filter_many(filters: list[OneEuroFilter], values: list[np.ndarray], time_s: float) -> list[np.ndarray]:
+    """`[f(v, time_s) for f, v in zip(filters, values)]` for distinct filters, with one stacked step for
+    the filters that continue from a common time, shape and parameters (usually every track of the last
+    frame); the others, starting afresh or skipping a repeated time, are called one by one."""
+    group: list[int] = []
+    key: tuple[float, tuple[int, ...], OneEuroParams] | None = None
+    for i, (filt, value) in enumerate(zip(filters, values, strict=True)):
+        if filt._value is None or filt._time is None or filt._value.shape != value.shape:
+            continue
+        if time_s - filt._time <= 0:
+            continue
+        if key is None:
+            key = (filt._time, value.shape, filt.params)
+        if (filt._time, value.shape, filt.params) == key:
+            group.append(i)
+    out: dict[int, np.ndarray] = {}
+    if key is not None and len(group) > 1:
+        previous_time, _, params = key
+        value_hat, speed_hat = _one_euro_step(
+            params, np.array([values[i] for i in group]), np.array([filters[i]._value for i in group]),
+            np.array([filters[i]._speed for i in group]), time_s - previous_time,
+        )  # fmt: skip
+        for row, i in enumerate(group):
+            filt = filters[i]
+            filt._value, filt._speed, filt._time = value_hat[row], speed_hat[row], time_s
+            out[i] = value_hat[row].copy()
+    return [
+        out[i] if i in out else f(v, time_s) for i, (f, v) in enumerate(zip(filters, values, strict=True))
+    ]

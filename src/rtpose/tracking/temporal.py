@@ -57,15 +57,32 @@ def mean_keypoint_score(person: Person) -> float:
     return float(np.mean(person.keypoint_scores))
 
 
+def mean_keypoint_scores(people: list[Person]) -> list[float]:
+    """`mean_keypoint_score` of every person; one row-wise mean when all score arrays share shape and
+    dtype (a mixed stack would be promoted, and a float32 mean taken in float64 differs)."""
+    arrays = [p.keypoint_scores for p in people]
+    first = arrays[0] if arrays else None
+    if (
+        not isinstance(first, np.ndarray)
+        or first.ndim != 1
+        or len(first) == 0
+        or not all(
+            isinstance(a, np.ndarray) and a.shape == first.shape and a.dtype == first.dtype for a in arrays
+        )
+    ):
+        return [mean_keypoint_score(p) for p in people]
+    return np.array(arrays).mean(axis=1).tolist()
+
+
 def pose_nms(people: list[Person], thr: float) -> list[Person]:
     """People kept by greedy OKS-NMS (pose score = box score x mean keypoint score), in input order."""
     with_pose = [p for p in people if p.keypoints is not None]
     if len(with_pose) < 2:
         return people
-    keypoints = np.stack([np.asarray(p.keypoints, dtype=np.float64) for p in with_pose])
-    boxes = np.stack([np.asarray(p.bbox, dtype=np.float64) for p in with_pose])
+    keypoints = np.array([p.keypoints for p in with_pose], dtype=np.float64)
+    boxes = np.array([p.bbox for p in with_pose], dtype=np.float64)
     areas = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
-    scores = np.array([p.score * mean_keypoint_score(p) for p in with_pose])
+    scores = np.array([p.score * m for p, m in zip(with_pose, mean_keypoint_scores(with_pose), strict=True)])
     keep = set(oks_nms(keypoints, None, scores, areas, thr=thr).tolist())
     kept_ids = {id(with_pose[i]) for i in keep}
     return [p for p in people if p.keypoints is None or id(p) in kept_ids]
@@ -101,7 +118,8 @@ class StreamTemporalState:
         self.frames_seen += 1
         self.detections_run += int(detected)
         if not detected:
-            people = [p for p in people if mean_keypoint_score(p) >= cfg.min_pose_score]
+            means = mean_keypoint_scores(people)
+            people = [p for p, m in zip(people, means, strict=True) if m >= cfg.min_pose_score]
         if cfg.nms_thr is not None:
             people = pose_nms(people, cfg.nms_thr)
         # Every surviving pose is followed into the next frame, also those the tracker has not confirmed
