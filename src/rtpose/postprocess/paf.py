@@ -366,6 +366,7 @@ def _node_tables(device: torch.device, max_count: int) -> dict[str, torch.Tensor
     tree = _tables(device)["tree"]
     return {
         "slot": slot,
+        "true": torch.ones((), dtype=torch.bool, device=device),
         "ids": torch.arange(num_nodes + 1, device=device),  # node ids and a spare one
         "kind_of": kind_of,
         "tree_b": (tree[:, 1, None] * max_count + slot).reshape(-1),  # child node of each tree pair
@@ -553,7 +554,8 @@ def _components_torch(
         label_b = label[kind_b * max_count + slot]
         # which keypoint types each component holds; absent peaks land in a spare row (no mask, no sync)
         occupancy = torch.zeros(num_nodes + 1, NUM_OPENPOSE_KEYPOINTS, dtype=torch.bool, device=device)
-        occupancy[torch.where(valid, label, num_nodes), kind_of] = True
+        # a device tensor as the value: a Python True would be copied from the host (breaks graph capture)
+        occupancy.index_put_((torch.where(valid, label, num_nodes), kind_of), nodes["true"])
         clash = (occupancy[label_a] & occupancy[label_b]).any(1) | (label_a == label_b)
         merge = matched[limb] & ~clash
         low, high = torch.minimum(label_a, label_b), torch.maximum(label_a, label_b)
@@ -678,8 +680,9 @@ def decode_bottomup(
     heatmaps, pafs = _prepare(heatmaps, pafs)
     if is_torch(heatmaps):
         if decoder == "auto":
-            # H100, 2026-11-22: compiled 0.46 ms vs NumPy 8.5 ms per street frame (x18); "graph" capture
-            # failed there and ran eagerly (x1.5). The first call per heatmap shape compiles (~17 s).
+            # H100, 2026-11-22: compiled 0.46 ms vs NumPy 8.5 ms per street frame (x18), the fewest
+            # kernels per replay; the first call per heatmap shape compiles (~17 s). "graph" (the eager
+            # decode captured) needs no compiler and captures in ~1 s.
             decoder = "compiled" if heatmaps.is_cuda else "dynamic"
         with torch.no_grad():
             if decoder == "dynamic":
