@@ -222,9 +222,19 @@ def test_engine_key_changes_with_every_field() -> None:
     )  # fmt: skip
     key = engine_cache.engine_key(base)
     for change in ({"precision": "bf16"}, {"weights_id": "v"}, {"buckets": [1, 2]}, {"torch": "0.0"},
-                   {"device_name": "other"}, {"format_version": -1}, {"input_size": [64, 48]}):  # fmt: skip
+                   {"device_name": "other"}, {"format_version": -1}, {"input_size": [64, 48]},
+                   {"variant": "int8-emulation"}):  # fmt: skip
         assert engine_cache.engine_key({**base, **change}) != key, change
     assert engine_cache.engine_key(dict(reversed(base.items()))) == key
+
+
+def test_int8_emulation_is_part_of_the_key_and_refused_below_fp32(tmp_path: Path) -> None:
+    net = make_network()
+    assert compiled.module_variant(net) == "float"
+    net.int8_emulation = True  # as MoveNet / openpose-lite report their fake-quantised mode
+    assert compiled.module_variant(net) == "int8-emulation"
+    with pytest.raises(EngineError, match="INT8 emulation"):
+        build_engine(net, TINY_SPEC, **{**_build_kwargs(tmp_path), "precision": "bf16"})
 
 
 def test_bad_requests_raise_engine_errors(tmp_path: Path) -> None:
@@ -403,7 +413,7 @@ def _assert_close_scaled(got: torch.Tensor, want: torch.Tensor, tolerance: float
 def test_gpu_engine_matches_eager_in_every_bucket_and_between(gpu_cache: Path, precision: str) -> None:
     engine = _gpu_engine(gpu_cache, precision)
     assert engine.device == "cuda" and engine.use_cuda_graphs and engine.buckets == (1, 2, 4, 8)
-    assert sorted(engine._graphs) == [1, 2, 4, 8]
+    assert not engine._graphs  # captured on first use of each bucket
     eager = make_network().cuda()
     torch.manual_seed(0)
     for n in (1, 2, 3, 4, 5, 7, 8, 13, 21):  # buckets, between buckets (padded), beyond (chunked)
@@ -415,6 +425,7 @@ def test_gpu_engine_matches_eager_in_every_bucket_and_between(gpu_cache: Path, p
             assert got[name].device.type == "cuda" and got[name].dtype == torch.float32
             assert got[name].shape == want[name].shape, (n, name)
             _assert_close_scaled(got[name], want[name], GPU_TOLERANCE[precision])
+    assert sorted(engine._graphs) == [1, 2, 4, 8]
 
 
 @pytest.mark.gpu

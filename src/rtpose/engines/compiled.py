@@ -25,6 +25,7 @@ static-batch package for measuring the difference (see `rtpose.benchmarks.engine
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import inspect
 import time
@@ -204,6 +205,12 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+def module_variant(module: nn.Module) -> str:
+    """How the network computes, beyond its weights: "int8-emulation" for imported INT8 models whose
+    fake-quantised execution is switched on (same weight file, other engine), else "float"."""
+    return "int8-emulation" if getattr(module, "int8_emulation", False) else "float"
+
+
 def build_fields(
     spec: ModelSpec,
     *,
@@ -213,11 +220,13 @@ def build_fields(
     weights_id: str,
     dynamic_batch: bool,
     inductor_options: Mapping[str, Any],
+    variant: str = "float",
 ) -> dict[str, Any]:
     """Everything the engine key covers (see `engine_cache`)."""
     return {
         "format_version": engine_cache.ENGINE_FORMAT_VERSION,
         "weights_id": weights_id,
+        "variant": variant,
         "spec": spec.name,
         "input_size": list(spec.input_size),
         **engine_cache.device_fields(device),
@@ -311,11 +320,17 @@ def ensure_engine(
     chosen = _check_request(spec, precision, max_batch, buckets)
     if not dynamic_batch and len(chosen) != 1:
         raise EngineError(f"a static-batch engine needs exactly one bucket, got {chosen}")
+    variant = module_variant(module)
+    if variant == "int8-emulation" and precision != "fp32":
+        raise EngineError(
+            f"{spec.name}: INT8 emulation computes exact integers in float32 and cannot run in {precision}; "
+            "switch it off (module.set_int8_emulation(False)) or build fp32"
+        )
     dev = _resolve_device(device)
     options = dict(DEFAULT_INDUCTOR_OPTIONS[dev.type] if inductor_options is None else inductor_options)
     fields = build_fields(
         spec, device=dev, precision=precision, buckets=chosen, weights_id=weights_id,
-        dynamic_batch=dynamic_batch, inductor_options=options,
+        dynamic_batch=dynamic_batch, inductor_options=options, variant=variant,
     )  # fmt: skip
     path = engine_cache.engine_path(
         engine_cache.cache_root(cache_dir), spec.name, precision, engine_cache.engine_key(fields)
@@ -391,16 +406,37 @@ class _GraphBucket:
 
 
 def _initialise_cuda_libraries(device: torch.device) -> None:
-    """Run one tiny conv and matmul so that cuDNN and cuBLAS are loaded and initialised.
+    """Prepare the process before `aoti_load_package` on CUDA (a workaround; see docs/notes.md).
 
-    On the H100 (torch 2.11) `aoti_load_package` segfaulted in every process where no eager conv had run
-    yet, and worked inside `rtpose bench`, where eager models ran first. Creating only the CUDA context did
-    not help. That this warm-up avoids the crash is a hypothesis not yet checked on the GPU (docs/notes.md).
+    On the H100 (torch 2.11+cu130) loading a package segfaulted in every process that had not run an
+    ONNX Runtime session before: fresh processes, the GPU tests of this module, the precision check,
+    with or without eager convs first. Every process that had (`rtpose bench`, the pipeline tests) loaded
+    all its engines. So a one-node ONNX Runtime session is run first, and one conv and matmul so that
+    cuDNN and cuBLAS are initialised. Why this helps is not understood; it costs ~50 ms once.
     """
+    _run_onnxruntime_once()
     x = torch.ones(1, 1, 4, 4, device=device)
     torch.nn.functional.conv2d(x, torch.ones(1, 1, 3, 3, device=device))
     torch.mm(x[0, 0], x[0, 0])
     torch.cuda.synchronize(device)
+
+
+@functools.cache
+def _run_onnxruntime_once() -> None:
+    try:
+        import onnxruntime
+        from onnx import TensorProto, helper
+    except ImportError:
+        return
+    value = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1]) for name in ("x", "y")]
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "warm-up", value[:1], value[1:])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    try:
+        session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        session.run(None, {"x": np.zeros(1, np.float32)})
+    except Exception:  # a warm-up only: an ONNX Runtime that cannot run it changes nothing here
+        return
 
 
 def _load_runner(path: Path, single_threaded: bool) -> Any:
@@ -431,6 +467,7 @@ class CompiledEngine(Engine):
         clone_outputs: bool = False,
         progress: bool = False,
         graph_warmup: int = 2,
+        lazy_graphs: bool = True,
     ) -> None:
         self.path = Path(path)
         reason = engine_cache.why_invalid(self.path)
@@ -458,11 +495,14 @@ class CompiledEngine(Engine):
         except Exception as exc:
             raise EngineError(f"could not load compiled engine {self.path.name}: {exc}") from exc
         self._graphs: dict[int, _GraphBucket] = {}
-        if self.use_cuda_graphs:
+        self._graph_warmup = graph_warmup
+        self._graph_pool: Any = torch.cuda.graph_pool_handle() if self.use_cuda_graphs else None
+        if self.use_cuda_graphs and not lazy_graphs:
             stages = _Stages(f"rtpose load {self.path.stem}", ("capture graphs",), progress)
             try:
                 with stages.stage("capture graphs"):
-                    self._capture_graphs(graph_warmup)
+                    for batch in sorted(self.buckets, reverse=True):
+                        self._capture(batch)
             finally:
                 stages.close()
 
@@ -481,34 +521,45 @@ class CompiledEngine(Engine):
                 )
         return dev
 
-    def _capture_graphs(self, warmup: int) -> None:
+    def _capture(self, batch: int) -> _GraphBucket | None:
+        """Capture the graph of one bucket (None, and no graphs from now on, when capture fails).
+
+        All buckets share one memory pool; captured largest first (at load), the smaller ones reuse the
+        largest one's freed intermediate memory."""
         dev = self._device
-        pool = torch.cuda.graph_pool_handle()
         current = torch.cuda.current_stream(dev)
-        # Largest first, so the smaller captures reuse its freed intermediate memory from the shared pool.
-        for batch in sorted(self.buckets, reverse=True):
-            static_input = torch.zeros((batch, *self.input_shape), device=dev, dtype=torch.float32)
-            side = torch.cuda.Stream(dev)
-            side.wait_stream(current)
-            with torch.cuda.stream(side):
-                for _ in range(max(1, warmup)):
-                    self._runner(static_input)
-            current.wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            try:
-                with torch.cuda.graph(graph, pool=pool):
-                    static_outputs = tuple(self._runner(static_input))
-            except Exception as exc:
-                warnings.warn(
-                    f"CUDA graph capture failed ({exc}); running {self.path.name} without graphs",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-                self._graphs.clear()
-                self.use_cuda_graphs = False
-                self._runner = _load_runner(self.path, single_threaded=False)
-                return
-            self._graphs[batch] = _GraphBucket(batch, graph, static_input, static_outputs)
+        static_input = torch.zeros((batch, *self.input_shape), device=dev, dtype=torch.float32)
+        side = torch.cuda.Stream(dev)
+        side.wait_stream(current)
+        with torch.cuda.stream(side):
+            for _ in range(max(1, self._graph_warmup)):
+                self._runner(static_input)
+        current.wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            # thread_local: pipeline threads (decoders, uploads) may use CUDA while a bucket is captured
+            with torch.cuda.graph(graph, pool=self._graph_pool, capture_error_mode="thread_local"):
+                static_outputs = tuple(self._runner(static_input))
+        except Exception as exc:
+            warnings.warn(
+                f"CUDA graph capture failed ({exc}); running {self.path.name} without graphs",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            self._graphs.clear()
+            self.use_cuda_graphs = False
+            self._runner = _load_runner(self.path, single_threaded=False)
+            return None
+        self._graphs[batch] = _GraphBucket(batch, graph, static_input, static_outputs)
+        return self._graphs[batch]
+
+    def graph_input(self, n: int) -> torch.Tensor | None:
+        """The static input rows a batch of n is copied into (None without CUDA graphs): callers that
+        write their batch here directly save that copy."""
+        if not self.use_cuda_graphs:
+            return None
+        bucket = self._graphs.get(self.bucket_for(n)) or self._capture(self.bucket_for(n))
+        return None if bucket is None else bucket.static_input[:n]
 
     # -- calling ------------------------------------------------------------------------------------
 
@@ -541,9 +592,12 @@ class CompiledEngine(Engine):
 
     def _run_chunk(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         n = x.shape[0]
-        if self._graphs:
-            bucket = self._graphs[self.bucket_for(n)]
-            bucket.static_input[:n].copy_(x)
+        bucket = None
+        if self.use_cuda_graphs:
+            bucket = self._graphs.get(self.bucket_for(n)) or self._capture(self.bucket_for(n))
+        if bucket is not None:
+            if bucket.static_input[:n].data_ptr() != x.data_ptr():
+                bucket.static_input[:n].copy_(x)
             bucket.graph.replay()
             return tuple(out[:n] for out in bucket.static_outputs)
         if not self.dynamic_batch and n != self.buckets[-1]:
@@ -622,9 +676,22 @@ def compiled_engine_for(
     progress: bool = True,
     cuda_graphs: bool = True,
 ) -> CompiledEngine:
-    """`create_engine(..., backend="compiled")`: the engine of a loaded model, named by its weight file."""
+    """`create_engine(..., backend="compiled")`: the engine of a loaded model, named by its weight file.
+
+    An imported INT8 model with its INT8 emulation on runs as its float (dequantised) network in
+    fp16/bf16, with a warning: the emulation needs exact float32 integers.
+    """
     weights_id = "sha256:" + sha256_file(loaded.weights.path)
+    module = loaded.module
+    if precision != "fp32" and module_variant(module) == "int8-emulation":
+        warnings.warn(
+            f"{loaded.spec.name}: INT8 emulation cannot run in {precision}; building its float network",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        module = copy.deepcopy(module)
+        module.set_int8_emulation(False)  # type: ignore[operator]
     return load_compiled_engine(
-        loaded.module, loaded.spec, weights_id=weights_id, device=device, precision=precision,
+        module, loaded.spec, weights_id=weights_id, device=device, precision=precision,
         max_batch=max_batch, cache_dir=cache_dir, progress=progress, cuda_graphs=cuda_graphs,
     )  # fmt: skip

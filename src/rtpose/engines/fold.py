@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -110,6 +112,21 @@ def _outputs_as_list(out: object) -> list[torch.Tensor]:
     raise TypeError(f"cannot compare network outputs of type {type(out).__name__}")
 
 
+@contextmanager
+def _exact_float32() -> Iterator[None]:
+    """TF32 off for the check: with it (PyTorch's default for cuDNN convs) float32 convs on Ampere+ GPUs
+    differ by ~1e-2 between two equivalent networks, which would hide a wrong fold or fail a right one."""
+    matmul = torch.backends.cuda.matmul.allow_tf32
+    cudnn = torch.backends.cudnn
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark,
+                         deterministic=cudnn.deterministic, allow_tf32=False):  # fmt: skip
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+
+
 def fold_batchnorm(module: nn.Module, example: torch.Tensor) -> tuple[nn.Module, FoldReport]:
     """A copy of `module` (eval mode) with every directly fed BatchNorm folded into its conv.
 
@@ -122,7 +139,7 @@ def fold_batchnorm(module: nn.Module, example: torch.Tensor) -> tuple[nn.Module,
     for conv_name, bn_name in pairs:
         _fold_into_conv(folded.get_submodule(conv_name), folded.get_submodule(bn_name))
         _replace_submodule(folded, bn_name, nn.Identity())
-    with torch.no_grad():
+    with torch.no_grad(), _exact_float32():
         want = _outputs_as_list(original(example))
         got = _outputs_as_list(folded(example))
     diff = max(

@@ -68,12 +68,11 @@ def engine_input_rows(engine: Any, n: int, shape: tuple[int, int, int], device: 
     """
     import torch
 
-    graphs = getattr(engine, "_graphs", None)  # CompiledEngine's CUDA-graph buckets (see engines.compiled)
-    bucket_for = getattr(engine, "bucket_for", None)
-    if graphs and callable(bucket_for):
-        bucket = graphs.get(bucket_for(n))
-        if bucket is not None and n <= bucket.batch and tuple(bucket.static_input.shape[1:]) == tuple(shape):
-            return bucket.static_input[:n]
+    graph_input = getattr(engine, "graph_input", None)  # CompiledEngine with CUDA graphs (engines.compiled)
+    if callable(graph_input):
+        rows = graph_input(n)
+        if rows is not None and tuple(rows.shape) == (n, *shape):
+            return rows
     return torch.empty((n, *shape), dtype=torch.float32, device=device)
 
 
