@@ -85,7 +85,8 @@ def test_bottomup_distances_pair_people_and_count_losses() -> None:
 def test_candidates_on_cpu_skip_fp16_with_a_reason() -> None:
     cpu = candidates("cpu")
     assert cpu["eager-bf16"] is None and "CPU" in (cpu["compiled-fp16"] or "")
-    assert set(candidates("cuda")) == {"compiled-fp32", "compiled-fp16", "compiled-bf16"}
+    assert set(candidates("cuda")) == {"eager-fp16", "eager-bf16", "compiled-fp32", "compiled-fp16",
+                                       "compiled-bf16"}  # fmt: skip
 
 
 def test_bf16_detector_on_three_real_images(

@@ -155,3 +155,12 @@ def test_header_sizes_of_real_formats(tmp_path: Path, real_jpeg: Path) -> None:
 def test_wrong_argument_type() -> None:
     with pytest.raises(ImageDecodeError, match="expected a path or bytes"):
         decode_image(123)  # type: ignore[arg-type]
+
+
+def test_gpu_decoders_only_get_whole_jpegs(real_jpeg: Path) -> None:
+    """nvJPEG decodes truncated files silently: those must go to OpenCV, which refuses them."""
+    from rtpose.decode.gpu import _checked
+
+    raw = real_jpeg.read_bytes()
+    assert _checked(raw, "whole.jpg", 10**8)
+    assert not _checked(raw[: len(raw) // 2], "cut.jpg", 10**8)

@@ -3,9 +3,10 @@
     python -m rtpose.benchmarks.precision_check --device cuda [--out runs/precision_check.json]
     python -m rtpose.benchmarks.precision_check --device cpu      # smoke mode: eager fp32 vs eager bf16
 
-Reference: PyTorch eager FP32. Candidates on CUDA: compiled FP32, FP16 and BF16 engines; on the CPU
-eager BF16 (the network cast to bfloat16; compiled fp16 is skipped, fp16 convolutions being unsupported
-or emulated there). Models with real weights only:
+Reference: PyTorch eager FP32 (TF32 off: PyTorch's CUDA default lets convolutions use TF32, which would
+blur what "fp32" means here). Candidates on CUDA: eager FP16 and BF16 (the network cast), compiled FP32,
+FP16 and BF16 engines; on the CPU eager BF16 (compiled fp16 is skipped, fp16 convolutions being
+unsupported or emulated there). Models with real weights only:
 
 - the detector (rtmdet-nano): boxes of every image matched greedily by IoU: how many images find the
   same number of people, the smallest and mean IoU of matched boxes, the largest score change;
@@ -13,7 +14,8 @@ or emulated there). Models with real weights only:
   keypoints of the same person compared in pixels of the network input (image distance x the crop's
   scale; bottom-up people are paired by keypoint distance), the share within 0.5 px (criterion: 99%),
   and COCO keypoint AP (`rtpose.evaluation.evaluate`, GT boxes for top-down) against FP32 (criterion:
-  within 0.3 AP points).
+  within 0.3 AP points). Imported INT8 models run their float (dequantised) network in every precision:
+  the INT8 emulation computes exact integers that fp16/bf16 cannot hold.
 
 Writes JSON and prints a table; `passed` says whether every criterion held.
 """
@@ -172,7 +174,9 @@ def bottomup_distances(reference: Recorder, candidate: Recorder, input_height: i
 def candidates(device: str) -> dict[str, str | None]:
     """Candidate label -> None (runs) or the reason it is skipped."""
     if device.startswith("cuda"):
-        return {"compiled-fp32": None, "compiled-fp16": None, "compiled-bf16": None}
+        # the eager casts first: the dtype's own effect, measured even where a compiled engine fails
+        return {"eager-fp16": None, "eager-bf16": None, "compiled-fp32": None, "compiled-fp16": None,
+                "compiled-bf16": None}  # fmt: skip
     return {
         "eager-bf16": None,
         "compiled-fp16": "fp16 convolutions on the CPU are unsupported or emulated (slow) in PyTorch",
@@ -182,8 +186,9 @@ def candidates(device: str) -> dict[str, str | None]:
 def make_engine(label: str, model: Any, factory: Any, device: str) -> Engine:
     from rtpose.engines.onnx_export import output_names_for
 
-    if label == "eager-bf16":
-        return CastEngine(model.module, torch.bfloat16, device, output_names_for(model.spec))
+    if label in ("eager-fp16", "eager-bf16"):
+        dtype = torch.float16 if label == "eager-fp16" else torch.bfloat16
+        return CastEngine(model.module, dtype, device, output_names_for(model.spec))
     return factory.get(model, label)
 
 
@@ -212,6 +217,7 @@ def check_detector(args: argparse.Namespace, factory: Any, images: list[np.ndarr
         else:
             row["skipped"] = reason
         rows.append(row)
+        _progress(json.dumps(row))  # on record at once: a crash in a later engine keeps this row
     return rows
 
 
@@ -225,6 +231,7 @@ def _pipeline(model: Any, engine: Engine) -> Any:
 
 
 def check_pose_model(args: argparse.Namespace, factory: Any, model: Any) -> list[dict[str, Any]]:
+    from rtpose.engines.compiled import module_variant
     from rtpose.evaluation import evaluate
 
     coco = args.data_dir_resolved / "coco"
@@ -240,7 +247,10 @@ def check_pose_model(args: argparse.Namespace, factory: Any, model: Any) -> list
     reference, reference_ap = run(factory.get(model, "eager"))
     rows = []
     for label, reason in candidates(args.device).items():
-        row: dict[str, Any] = {"model": model.spec.name, "candidate": label, "weights": model.weights_label}
+        row: dict[str, Any] = {
+            "model": model.spec.name, "candidate": label, "weights": model.weights_label,
+            "network": module_variant(model.module),
+        }  # fmt: skip
         if reason is not None:
             rows.append({**row, "skipped": reason})
             continue
@@ -268,6 +278,7 @@ def check_pose_model(args: argparse.Namespace, factory: Any, model: Any) -> list
         })  # fmt: skip
         row["passed"] = within >= KEYPOINT_SHARE and abs(ap - reference_ap) * 100 <= AP_POINTS
         rows.append(row)
+        _progress(json.dumps(row))
     return rows
 
 
@@ -287,6 +298,7 @@ def _val_images(data_dir: Path) -> list[np.ndarray]:
 
 def check(args: argparse.Namespace) -> dict[str, Any]:
     from rtpose.benchmarks.bench_models import EngineFactory, default_data_dir, load_bench_model
+    from rtpose.engines.compiled import module_variant
     from rtpose.models.spec import list_specs
 
     args.data_dir_resolved = Path(args.data_dir or default_data_dir())
@@ -298,6 +310,8 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
     }}  # fmt: skip
     if args.device.startswith("cuda"):
         result["gpu"] = torch.cuda.get_device_name()
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     with tempfile.TemporaryDirectory(prefix="rtpose-precision-") as tmp:
         factory = EngineFactory(device=args.device, workdir=Path(tmp), max_batch=64, cache_dir=args.cache_dir)
         rows = []
@@ -312,6 +326,9 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
                 model = load_bench_model(name, spec_task, data_dir=args.data_dir, allow_random=False)
             except RtposeError:
                 continue  # no real weights here: nothing to say about accuracy
+            if module_variant(model.module) == "int8-emulation":
+                # exact INT8 emulation needs float32 integers: compare the float network in every precision
+                model.module.set_int8_emulation(False)
             rows += check_pose_model(args, factory, model)
     result["rows"] = rows
     result["passed"] = all(r.get("passed", True) for r in rows)

@@ -35,6 +35,7 @@ from rtpose.decode.image import (
 from rtpose.errors import ImageDecodeError
 
 JPEG_MAGIC = b"\xff\xd8"
+JPEG_END = b"\xff\xd9"
 
 
 @functools.cache
@@ -141,7 +142,9 @@ def _checked(raw: bytes, label: str, max_pixels: int) -> bool:
     size = read_header_size(raw)
     if size is not None:
         _check_size(size[0], size[1], max_pixels, label)
-    return raw.startswith(JPEG_MAGIC) and size is not None
+    # nvJPEG decodes a truncated file without complaint (grey rows): a JPEG without its end-of-image
+    # marker goes to OpenCV, which decides (and refuses it the way `decode_image` does)
+    return raw.startswith(JPEG_MAGIC) and size is not None and JPEG_END in raw[-64:]
 
 
 def _chw_rgb_to_hwc_bgr(image: torch.Tensor) -> torch.Tensor:
