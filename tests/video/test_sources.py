@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from pathlib import Path
@@ -74,6 +75,20 @@ def test_file_mode_loses_no_frame_under_a_slow_consumer(scene_dir: Path) -> None
     # the pixels are the scene's (lossy codec: close, not equal)
     diff = np.abs(frames["two_movers"][10].image.astype(int) - scene_frame(10).astype(int))
     assert diff.mean() < 3
+
+
+def test_looped_file_starts_again_with_indices_and_times_going_on(scene_dir: Path) -> None:
+    hub = StreamHub(queue_size=4, loop=True)
+    name = hub.add(scene_dir / "one_mover.mp4")
+    got = []
+    while len(got) < 100 and (batch := hub.next_batch(1, 0.5)) is not None:
+        got += batch.frames
+    hub.remove(name)
+    hub.close()
+    assert [f.index for f in got] == list(range(100))  # 40-frame file: two and a half passes
+    times = [f.time for f in got]
+    assert all(b > a for a, b in itertools.pairwise(times))
+    assert np.abs(got[45].image.astype(int) - got[5].image.astype(int)).mean() < 1  # the same frame again
 
 
 def test_realtime_mode_drops_oldest_and_counts(scene_dir: Path) -> None:

@@ -1,7 +1,9 @@
 """Video pipeline measurements on this machine: `python -m rtpose.benchmarks.video_bench`.
 
 1. throughput: frames/s of the whole pipeline (decode, detector every N frames, pose, tracking,
-   smoothing) for 1, 2 and 4 copies of the street video, ONNX Runtime on the CPU;
+   smoothing, JSONL) for 1, 2 and 4 copies of the street video (looped), ONNX Runtime on the CPU by
+   default, any backend/device/precision by option; with `--baseline`, in the same run, the plain
+   sequential loop (decode a frame, detect, crop, pose with PyTorch eager, one frame at a time);
 2. tracking quality on the street video without ground-truth tracks, by proxies:
    - births: tracks whose first frame is after the first `settle` frames. On a street people do walk in,
      so this is an upper bound of fragmentation (a broken track reappears as a birth);
@@ -23,6 +25,7 @@ import itertools
 import json
 import os
 import resource
+import tempfile
 import time
 import tracemalloc
 from collections import defaultdict
@@ -44,7 +47,15 @@ def _default_video() -> Path:
 def throughput(
     video: Path, streams: int, frames: int, pose: str, det_interval: int, batch: int, **kw
 ) -> dict:
-    pipeline = Pipeline(pose, "rtmdet-nano", det_interval=det_interval, batch_size=batch, **kw)
+    """frames/s of `streams` looped copies of `video`, `frames` each, JSONL written to a temporary file."""
+    with tempfile.TemporaryDirectory(prefix="rtpose-video-bench-") as tmp:
+        pipeline = Pipeline(pose, "rtmdet-nano", det_interval=det_interval, batch_size=batch, loop=True,
+                            jsonl=Path(tmp) / "poses.jsonl", **kw)  # fmt: skip
+        result = _timed(pipeline, video, streams, frames)
+    return {"det_interval": det_interval, "batch": batch, **result}
+
+
+def _timed(pipeline: Pipeline, video: Path, streams: int, frames: int) -> dict:
     names = [pipeline.add_source(video, name=f"s{i}") for i in range(streams)]
     counts = dict.fromkeys(names, 0)
     latencies = []
@@ -61,6 +72,30 @@ def throughput(
             "fps_total": round((total - 1) / elapsed, 2) if elapsed else None,
             "fps_per_stream": round((total - 1) / elapsed / streams, 2) if elapsed else None,
             "latency_ms_median": round(1000 * float(np.median(latencies)), 1)}  # fmt: skip
+
+
+def sequential_baseline(video: Path, frames: int, pose: str, device: str, **kw) -> dict:
+    """The plain loop: decode one frame (PyAV), detect, crop (OpenCV), pose (PyTorch eager), next frame."""
+    from rtpose.pipelines.topdown import TopDown
+    from rtpose.sources.video import iter_decoded, open_video, parse_source
+
+    topdown = TopDown(pose, "rtmdet-nano", backend="torch", device=device, processing="numpy", **kw)
+    done, people, start = 0, 0, 0.0
+    while done < frames:
+        opened = open_video(parse_source(video), "cpu")
+        try:
+            for image, _ in iter_decoded(opened):
+                if done == 1:
+                    start = time.perf_counter()  # after the first frame: warm-up excluded
+                people += len(topdown(image))
+                done += 1
+                if done == frames:
+                    break
+        finally:
+            opened.container.close()
+    elapsed = time.perf_counter() - start
+    return {"pipeline": "sequential eager", "device": device, "frames": done,
+            "fps": round((done - 1) / elapsed, 2), "people_per_frame": round(people / done, 2)}  # fmt: skip
 
 
 # -- 2. and 3. tracking quality and jitter ---------------------------------------------------------
@@ -189,21 +224,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quality-pose", default="movenet-lightning", help="pose model for tracking quality")
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--frames", type=int, default=60, help="frames per stream for throughput")
-    parser.add_argument("--det-interval", type=int, default=5)
+    parser.add_argument("--det-interval", type=int, nargs="+", default=[5], help="detector intervals")
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--backend", default="ort", help="ort, torch, compiled or auto")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--baseline", action="store_true", help="also time the sequential eager loop")
+    parser.add_argument("--baseline-frames", type=int, default=100)
+    parser.add_argument("--out", type=Path, default=None, help="write the report as JSON here")
     parser.add_argument("--quality-frames", type=int, default=205)
     parser.add_argument("--quality-intervals", type=int, nargs="+", default=[5], help="detector intervals")
     parser.add_argument("--memory-frames", type=int, default=10_000)
     parser.add_argument("--skip", nargs="*", default=[], choices=["throughput", "quality", "memory"])
     args = parser.parse_args(argv)
     report: dict = {}
+    engine = {"backend": args.backend, "device": args.device, "precision": args.precision}
+    if args.baseline:  # first: the eager models also warm CUDA up for everything after
+        report["baseline"] = sequential_baseline(args.video, args.baseline_frames, args.pose, args.device,
+                                                 pose_weights=args.pose_weights)  # fmt: skip
+        print(json.dumps(report["baseline"]), flush=True)
     if "throughput" not in args.skip:
-        report["throughput"] = [
-            throughput(args.video, n, args.frames, args.pose, args.det_interval, args.batch,
-                       pose_weights=args.pose_weights)
-            for n in args.streams
-        ]  # fmt: skip
-        print(json.dumps(report["throughput"], indent=1), flush=True)
+        report["engine"] = {**engine, "pose": args.pose, "pose_weights": args.pose_weights}
+        report["throughput"] = []
+        for interval in args.det_interval:
+            for n in args.streams:
+                row = throughput(args.video, n, args.frames, args.pose, interval, args.batch,
+                                 pose_weights=args.pose_weights, **engine)  # fmt: skip
+                if "baseline" in report:
+                    row["x_baseline"] = round(row["fps_total"] / report["baseline"]["fps"], 2)
+                report["throughput"].append(row)
+                print(json.dumps(row), flush=True)
     if "quality" not in args.skip:
         quality = {}
         for interval in args.quality_intervals:
@@ -222,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
         marks = (1000, args.memory_frames // 2, args.memory_frames)
         report["memory"] = {"frames": args.memory_frames, "at": memory(args.memory_frames, marks)}
         print(json.dumps(report["memory"], indent=1), flush=True)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1))
     return 0
 
 

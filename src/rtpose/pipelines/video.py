@@ -165,6 +165,7 @@ class Pipeline:
         jsonl: str | os.PathLike[str] | None = None,
         kpt_thr: float = 0.3,
         reconnect: ReconnectPolicy | None = None,
+        loop: bool = False,
         sources: Iterable[str | os.PathLike[str]] = (),
     ) -> None:
         if batch_size < 1:
@@ -188,7 +189,9 @@ class Pipeline:
         self.model = model
         self.batch_size, self.batch_timeout = int(batch_size), float(batch_timeout)
         self.kpt_thr = kpt_thr
-        self.hub = StreamHub(queue_size=queue_size, realtime=realtime, decode=decode, reconnect=reconnect)
+        self.hub = StreamHub(
+            queue_size=queue_size, realtime=realtime, decode=decode, reconnect=reconnect, loop=loop
+        )
         self.ended: list[StreamEnd] = []
         self.rates: dict[str, StreamRate] = {}
         self._states: dict[str, StreamTemporalState] = {}
@@ -322,7 +325,7 @@ class Pipeline:
         rate = self.rates.setdefault(result.stream, StreamRate())
         rate.add(result.latency, time.monotonic())
         if self._jsonl is not None:
-            self._jsonl.write(result.to_json())
+            self._jsonl.write(result.to_json(), plain=True)  # FrameResult.to_json gives plain JSON types
         if self._videos is not None and result.image is not None:
             canvas = draw_people(result.image, result.people, kpt_thr=self.kpt_thr)
             fps = self.hub.stats().get(result.stream)

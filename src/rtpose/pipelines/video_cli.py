@@ -79,6 +79,11 @@ def add_video_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         help="drop the oldest frames when the model falls behind (default: lose nothing)",
     )
     parser.add_argument("--decode", default="auto", choices=DECODE_MODES, help="where to decode video")
+    parser.add_argument(
+        "--loop",
+        action="store_true",
+        help="play video files again from the start when they end (stop with Ctrl-C)",
+    )
     parser.add_argument("--no-track", action="store_true", help="no tracking ids (implies --no-smooth)")
     parser.add_argument("--no-smooth", action="store_true", help="no One-Euro smoothing of keypoints")
     parser.add_argument(
@@ -149,7 +154,7 @@ def run_video(args: argparse.Namespace) -> int:
             args.pose, args.det, backend=args.backend, device=args.device, precision=args.precision,
             pose_weights=args.pose_weights,
             det_weights=args.det_weights, det_interval=args.det_interval, batch_size=args.batch,
-            batch_timeout=args.batch_timeout, realtime=args.realtime, decode=args.decode,
+            batch_timeout=args.batch_timeout, realtime=args.realtime, decode=args.decode, loop=args.loop,
             track=not args.no_track, smooth=not (args.no_smooth or args.no_track),
             one_euro=OneEuroParams(args.min_cutoff, args.beta, args.d_cutoff),
             out_dir=args.out, jsonl=args.jsonl,

@@ -134,6 +134,7 @@ class StreamHub:
         decode: DecodeMode = "auto",
         reconnect: ReconnectPolicy | None = None,
         open_timeout: float = 10.0,
+        loop: bool = False,
     ) -> None:
         if queue_size < 1:
             raise RtposeError(f"queue_size must be at least 1, not {queue_size}")
@@ -142,6 +143,8 @@ class StreamHub:
         self.decode = decode
         self.reconnect = reconnect or ReconnectPolicy()
         self.open_timeout = float(open_timeout)
+        #: video files start again at their end (frame indices and times go on), for demos and soak tests
+        self.loop = bool(loop)
         self._streams: dict[str, _Stream] = {}
         self._cond = threading.Condition()
         self._turn = 0
@@ -278,14 +281,16 @@ class StreamHub:
     def _read(self, stream: _Stream) -> None:
         spec, stats = stream.spec, stream.stats
         index, attempt, last_time = 0, 0, -float("inf")
+        offset, pass_start = 0.0, 0  # looping: time added to this pass, first index of this pass
         error: str | None = None
         try:
             while not stream.stop.is_set():
                 container = None
                 try:
                     frames, container = self._frames(stream)
-                    resume = index > 0 and _replays_from_start(spec)
+                    resume = index > pass_start and _replays_from_start(spec)
                     for image, time_s in frames:
+                        time_s += offset
                         if resume and time_s <= last_time:
                             continue
                         attempt = 0
@@ -294,8 +299,12 @@ class StreamHub:
                         index, last_time = index + 1, time_s
                     if stream.stop.is_set():
                         break
-                    if stats.total_frames and index < _TRUNCATED_FRACTION * stats.total_frames:
-                        raise VideoSourceError(f"ended after {index} of {stats.total_frames} frames")
+                    played = index - pass_start
+                    if stats.total_frames and played < _TRUNCATED_FRACTION * stats.total_frames:
+                        raise VideoSourceError(f"ended after {played} of {stats.total_frames} frames")
+                    if self.loop and spec.kind == "file" and played > 0:
+                        offset, pass_start = last_time + 1.0 / (stats.fps or 30.0), index
+                        continue  # from the start again
                     break  # a clean end
                 except VideoSourceError as exc:
                     if not spec.is_live or attempt >= self.reconnect.attempts or stream.stop.is_set():

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# One device-tool command per step, for the H100 (nothing survives between commands, so each step is
+# whole). Carry [".whl", ".gpu"]: wheels the machine lacks (pycocotools, PyAV) and the data of
+# scripts/prepare_gpu_data.sh. Logs and results go to $OUT.
+#
+#   bash scripts/gpu_session.sh tests      # load diagnosis, then every gpu-marked test (three groups at once)
+#   bash scripts/gpu_session.sh bench      # rtpose bench --preset gpu (pose, detector, staged + public pipeline)
+#   bash scripts/gpu_session.sh precision  # fp16/bf16 vs fp32 with the real models (three processes at once)
+#   bash scripts/gpu_session.sh video      # 8 streams of the street video, det-interval 1 and 5, + baseline
+set -uo pipefail
+OUT="${OUT:-runs/gpu}"
+mkdir -p "$OUT" /tmp/site
+python -m pip install -q --no-deps --target /tmp/site .whl/*.whl 2>&1 | tail -2
+export PYTHONPATH="/tmp/site:$PWD/src" RTPOSE_DATA="$PWD/.gpu/data" RTPOSE_OFFLINE_DIR="$PWD/.gpu/data/models"
+export RTPOSE_CACHE="${RTPOSE_CACHE:-/tmp/rtpose-cache}"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+python -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
+PYTEST=(python -m pytest -q -m gpu -p no:cacheprovider -rfE --durations=8)
+
+case "${1:-}" in
+  tests)
+    timeout 240 python scripts/gpu_diag_load.py > "$OUT/diag.log" 2>&1
+    grep DIAG "$OUT/diag.log"
+    timeout 480 "${PYTEST[@]}" tests/postprocess tests/preprocess tests/models tests/engines/test_torch_engine.py \
+      tests/engines/test_engine_factory.py > "$OUT/tests_a.log" 2>&1 &
+    timeout 480 "${PYTEST[@]}" tests/engines/test_compiled.py tests/cli > "$OUT/tests_b.log" 2>&1 &
+    timeout 480 "${PYTEST[@]}" tests/pipelines tests/benchmarks > "$OUT/tests_c.log" 2>&1 &
+    wait
+    tail -n 25 "$OUT"/tests_*.log
+    ;;
+  bench)
+    # the load diagnosis runs beside the bench's engine builds (it is done before the bench times anything)
+    timeout 200 python scripts/gpu_diag_load.py > "$OUT/diag.log" 2>&1 &
+    timeout 560 python -m rtpose bench --preset gpu --sections pose,detector,pipeline,topdown --out "$OUT/bench" > "$OUT/bench.log" 2>&1
+    wait
+    grep DIAG "$OUT/diag.log"
+    tail -n 60 "$OUT/bench.log"
+    ;;
+  precision)
+    check() {  # name, then the options of that process
+      local name=$1; shift
+      timeout 560 python -m rtpose.benchmarks.precision_check --device cuda "$@" \
+        --out "$OUT/precision_$name.json" > "$OUT/precision_$name.log" 2>&1
+    }
+    check detector --checks detector &
+    check movenet --checks pose --models movenet-lightning &
+    check openpose --checks pose --models openpose-lite &
+    timeout 420 python scripts/gpu_diag_load.py > "$OUT/diag.log" 2>&1 &
+    wait
+    grep DIAG "$OUT/diag.log"
+    tail -n 12 "$OUT"/precision_*.log
+    ;;
+  video)
+    # PyAV must be among the carried wheels (35 MB: drop the rtmpose-t checkpoint from .gpu to fit 64 MiB)
+    args=(--device cuda --pose rtmpose-m --pose-weights random --streams 8 --frames 400 --det-interval 1 5
+          --skip quality memory)
+    timeout 420 python -m rtpose.benchmarks.video_bench "${args[@]}" --backend compiled --precision fp16 \
+      --baseline --out "$OUT/video_compiled.json" > "$OUT/video_compiled.log" 2>&1 \
+      || timeout 150 python -m rtpose.benchmarks.video_bench "${args[@]}" --backend torch \
+        --out "$OUT/video_torch.json" > "$OUT/video_torch.log" 2>&1
+    tail -n 15 "$OUT"/video_*.log
+    ;;
+  *)
+    echo "usage: $0 tests|bench|precision|video" >&2
+    exit 2
+    ;;
+esac
