@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -56,7 +55,7 @@ def _setup_logging(verbose: bool) -> None:
 
 
 BACKEND_CHOICES = ("auto", "ort", "torch", "compiled")
-PRECISION_CHOICES = ("fp32", "fp16", "bf16")
+PRECISION_CHOICES = ("fp32", "fp16", "bf16", "int8")
 
 
 def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
@@ -72,7 +71,8 @@ def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--precision", choices=PRECISION_CHOICES, default="fp32",
-        help="engine precision; fp16/bf16 need a compiled engine (default fp32)",
+        help="engine precision; fp16/bf16 need a compiled engine, int8 runs on ONNX Runtime (CPU; quantised "
+        "once, see 'rtpose build --precision int8') (default fp32)",
     )  # fmt: skip
 
 
@@ -194,7 +194,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", choices=("cuda", "cpu"), default="cuda",
         help="build for this device (default cuda; cpu builds a CPU AOTInductor engine)",
     )  # fmt: skip
-    build.add_argument("--precision", choices=PRECISION_CHOICES, default="fp16", help="default fp16")
+    build.add_argument(
+        "--precision", choices=PRECISION_CHOICES, default="fp16",
+        help="default fp16; int8 (with --device cpu) quantises the ONNX export for ONNX Runtime",
+    )  # fmt: skip
+    build.add_argument(
+        "--calib", metavar="DIR", default=None,
+        help="int8: folder of typical images to calibrate on (default $RTPOSE_CALIB_DIR, else the sample "
+        "COCO train2017 images)",
+    )  # fmt: skip
     build.add_argument(
         "--max-batch", type=int, default=64, metavar="N",
         help="largest batch the engine takes in one call (CUDA graphs for 1, 2, 4, ... N; default 64)",
@@ -251,20 +259,9 @@ def pose_task(name_or_file: str) -> str:
 
 def demo_sources() -> list[Path]:
     """The first images of $RTPOSE_DATA/coco/val2017 (default ../shared/data from the cwd, then the repo)."""
-    candidates = []
-    if os.environ.get("RTPOSE_DATA"):
-        candidates.append(Path(os.environ["RTPOSE_DATA"]))
-    candidates += [
-        Path.cwd().parent / "shared" / "data",
-        Path(__file__).resolve().parents[2].parent / "shared" / "data",
-    ]
-    for root in candidates:
-        folder = root / "coco" / "val2017"
-        images = sorted(folder.glob("*.jpg")) if folder.is_dir() else []
-        if images:
-            return images[:DEMO_IMAGE_COUNT]
-    tried = ", ".join(str(c / "coco" / "val2017") for c in candidates)
-    raise RtposeError(f"--demo: no sample images found (tried {tried}); pass image files or folders instead")
+    from rtpose.sources.files import sample_images
+
+    return sample_images(DEMO_IMAGE_COUNT, purpose="--demo")
 
 
 def _unique_output_path(out_dir: Path, source: str, used: set[Path]) -> Path:
@@ -355,9 +352,9 @@ def _make_pose_pipeline(args: argparse.Namespace, *, with_detector: bool = True)
     if pose_task(args.pose) == "pose-bottomup":
         from rtpose.pipelines.bottomup import BottomUp
 
-        if args.precision != "fp32":
-            raise _UsageError("--precision fp16/bf16 is not available for bottom-up models yet")
-        return BottomUp(args.pose, backend=backend, device=device, weights=args.pose_weights)
+        return BottomUp(
+            args.pose, backend=backend, device=device, weights=args.pose_weights, precision=args.precision
+        )
     from rtpose.pipelines.topdown import TopDown
 
     return TopDown(
@@ -449,6 +446,18 @@ def cmd_build(args: argparse.Namespace) -> int:
 
         task = get_spec(args.model).task
     start = time.perf_counter()
+    if args.precision == "int8":
+        if args.device != "cpu":
+            raise _UsageError("--precision int8 builds an ONNX Runtime model for the CPU: add --device cpu")
+        from rtpose.engines.factory import build_int8
+
+        path, spec = build_int8(
+            args.model, task=task, weights=args.weights, calibration=args.calib, force=args.force
+        )
+        print(f"engine: {path} (ONNX Runtime, int8)")
+        print(f"model: {spec.name} ({task}), calibration: {path.with_suffix('.json')}")
+        print(f"total: {time.perf_counter() - start:.1f} s")
+        return 0
     build, spec = build_compiled(
         args.model, task=task, weights=args.weights, device=args.device, precision=args.precision,
         max_batch=args.max_batch, force=args.force, progress=True,

@@ -141,3 +141,21 @@ def test_real_cpu_build_then_reuse(
     assert main(args) == 0
     out = capsys.readouterr().out
     assert f"engine: {path}" in out and "state: reused" in out
+
+
+def test_build_int8_quantises_the_export_for_onnx_runtime(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["build", "rtmdet-nano", "--precision", "int8", "--device", "cuda"]) == 2
+    assert "--device cpu" in capsys.readouterr().err
+    calib = data_dir / "coco" / "train2017"
+    build = ["build", "rtmdet-nano", "--precision", "int8", "--device", "cpu", "--calib", str(calib)]
+    assert main(build) == 0
+    out = capsys.readouterr().out
+    engine = Path(out.split("engine: ")[1].split(" ")[0])
+    assert engine.name.endswith(".int8.onnx") and engine.is_file()
+    assert "000000" in engine.with_suffix(".json").read_text()  # the calibration images are recorded
+    built = engine.stat().st_mtime_ns
+    image = sorted((data_dir / "coco" / "val2017").glob("*.jpg"))[0]
+    assert main(["detect", str(image), "--precision", "int8", "--device", "cpu"]) == 0
+    assert engine.stat().st_mtime_ns == built  # detect ran the engine that was built, no new quantisation

@@ -7,7 +7,8 @@ also why the mmdeploy RTMDet file, whose graph contains NMS, always goes through
 
 Backends: "ort" (ONNX Runtime, CPU), "torch" (PyTorch eager, CPU or CUDA), "compiled" (an AOTInductor
 package with CUDA graphs per batch bucket, `engines.compiled`; fp32/fp16/bf16) and "auto": compiled on a
-CUDA device, ONNX Runtime on the CPU. Reduced precision exists only for compiled engines.
+CUDA device, ONNX Runtime on the CPU. Precisions: fp16/bf16 for compiled engines, int8 for ONNX Runtime
+(static quantisation of our export, calibrated on real images: `engines.quantize`).
 
 `weights="random"` builds the network with seeded random weights (seed 0, the same weights and engine
 cache key as `rtpose.benchmarks.engine_bench`): for speed measurements of models whose trained weights
@@ -42,7 +43,7 @@ logger = logging.getLogger("rtpose")
 
 Backend = Literal["auto", "ort", "torch", "compiled"]
 BACKENDS: tuple[str, ...] = ("auto", "ort", "torch", "compiled")
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16")
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8")
 #: `weights=` value that asks for seeded random weights (benchmarks only)
 RANDOM_WEIGHTS = "random"
 RANDOM_SEED = 0
@@ -51,9 +52,11 @@ RANDOM_SEED = 0
 def onnx_cache_path(loaded: LoadedModel, cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """Cache file of our export: keyed by the weights and by what else shapes the graph (our version, the
     spec's input size and settings), so that a new release or a changed spec never reuses a stale export."""
+    from rtpose.engines.compiled import module_variant
+
     identity = "|".join(
         (sha256_file(loaded.weights.path), __version__, repr(loaded.spec.input_size),
-         repr(sorted((k, repr(v)) for k, v in loaded.spec.extra.items())))
+         repr(sorted((k, repr(v)) for k, v in loaded.spec.extra.items())), module_variant(loaded.module))
     )  # fmt: skip
     digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
     return cache_root(cache_dir) / "onnx" / f"{loaded.spec.name}-{digest}.onnx"
@@ -116,9 +119,11 @@ def _given_onnx(name_or_file: str | os.PathLike[str], weights: str | os.PathLike
     return None
 
 
-def _ort_engine_from_cache(loaded: LoadedModel, threads: int | None) -> OrtEngine:
+def _ort_engine_from_cache(loaded: LoadedModel, threads: int | None, precision: str = "fp32") -> OrtEngine:
+    if precision == "int8":
+        loaded = _float_network(loaded)
     path = onnx_cache_path(loaded)
-    if path.is_file():
+    if path.is_file() and precision != "int8":
         try:
             engine = OrtEngine(path, threads=threads)
             logger.info("%s: ONNX from cache %s", loaded.spec.name, path)
@@ -126,8 +131,31 @@ def _ort_engine_from_cache(loaded: LoadedModel, threads: int | None) -> OrtEngin
         except EngineError as e:
             logger.warning("%s: cached ONNX %s is unusable (%s); exporting again", loaded.spec.name, path, e)
             path.unlink(missing_ok=True)
-    export_onnx(loaded.module, loaded.spec, path)
-    return OrtEngine(path, threads=threads)
+    if not path.is_file():
+        export_onnx(loaded.module, loaded.spec, path)
+    return _ort_engine(path, loaded.spec, threads, precision)
+
+
+def _ort_engine(path: Path, spec: ModelSpec, threads: int | None, precision: str) -> OrtEngine:
+    if precision != "int8":
+        return OrtEngine(path, threads=threads)
+    from rtpose.engines.quantize import ensure_int8
+
+    return OrtEngine(ensure_int8(path, spec), threads=threads)
+
+
+def _float_network(loaded: LoadedModel) -> LoadedModel:
+    """An imported INT8 model with its float network (INT8 emulation off): what INT8 quantisation takes."""
+    import copy
+    import dataclasses
+
+    from rtpose.engines.compiled import module_variant
+
+    if module_variant(loaded.module) != "int8-emulation":
+        return loaded
+    module = copy.deepcopy(loaded.module)
+    module.set_int8_emulation(False)  # type: ignore[operator]
+    return dataclasses.replace(loaded, module=module)
 
 
 def resolve_backend(backend: str, device: str) -> str:
@@ -184,7 +212,9 @@ def _check_request(backend: str, device: str, precision: str, max_batch: int) ->
         )
     check_device(device)  # a CUDA request without a GPU fails here, with a clear message
     chosen = resolve_backend(backend, device)
-    if precision != "fp32" and chosen != "compiled":
+    if precision == "int8" and chosen != "ort":
+        raise EngineError(f"precision int8 runs on ONNX Runtime (backend 'ort', CPU), not {chosen!r}")
+    if precision in ("fp16", "bf16") and chosen != "compiled":
         raise EngineError(
             f"precision {precision} needs a compiled engine (backend 'compiled', or 'auto' on CUDA); "
             f"backend {chosen!r} runs fp32"
@@ -207,8 +237,10 @@ def create_engine(
     """An engine for a zoo name or a weight file, and the spec saying how to feed it.
 
     backend: "ort", "torch", "compiled" or "auto" (compiled on CUDA, ONNX Runtime on the CPU).
-    precision: fp32, or fp16/bf16 for compiled engines. max_batch: the largest batch a compiled engine
-    captures a CUDA graph for (larger batches run in chunks). weights: a file, or "random" (benchmarks).
+    precision: fp32, fp16/bf16 for compiled engines, int8 for ONNX Runtime (quantised once, calibrated on
+    $RTPOSE_CALIB_DIR or the sample images; see `engines.quantize`). max_batch: the largest batch a
+    compiled engine captures a CUDA graph for (larger batches run in chunks). weights: a file, or "random"
+    (benchmarks).
     """
     chosen = _check_request(backend, device, precision, max_batch)
     if is_random_weights(weights):
@@ -238,9 +270,9 @@ def create_engine(
             if spec.task != task:
                 raise ModelNotFoundError(f"{spec.name} is a {spec.task} model, not a {task} model")
             logger.info("%s: running %s as it is (our output names)", spec.name, onnx_file)
-            return OrtEngine(onnx_file, threads=threads), spec
+            return _ort_engine(onnx_file, spec, threads, precision), spec
     loaded = load_model(name_or_file, task=task, weights=weights, device="cpu")
-    return _ort_engine_from_cache(loaded, threads), loaded.spec
+    return _ort_engine_from_cache(loaded, threads, precision), loaded.spec
 
 
 def _engine_for_random_weights(
@@ -266,7 +298,32 @@ def _engine_for_random_weights(
     path = cache_root() / "onnx" / f"{spec.name}-{weights_id}.onnx"
     if not path.is_file():
         export_onnx(module, spec, path)
-    return OrtEngine(path, threads=None), spec
+    return _ort_engine(path, spec, None, precision), spec
+
+
+def build_int8(
+    name_or_file: str | os.PathLike[str],
+    *,
+    task: Task,
+    weights: str | os.PathLike[str] | None = None,
+    calibration: str | os.PathLike[str] | None = None,
+    force: bool = False,
+) -> tuple[Path, ModelSpec]:
+    """`rtpose build --device cpu --precision int8`: the quantised ONNX file `create_engine(...,
+    precision="int8")` loads, calibrated on the images of `calibration` (see `engines.quantize`)."""
+    from rtpose.engines.quantize import ensure_int8
+
+    if is_random_weights(weights):
+        module, spec, weights_id = random_model(name_or_file, task)
+        path = cache_root() / "onnx" / f"{spec.name}-{weights_id}.onnx"
+        if not path.is_file():
+            export_onnx(module, spec, path)
+    else:
+        loaded = _float_network(load_model(name_or_file, task=task, weights=weights, device="cpu"))
+        spec, path = loaded.spec, onnx_cache_path(loaded)
+        if not path.is_file():
+            export_onnx(loaded.module, loaded.spec, path)
+    return ensure_int8(path, spec, calibration, force=force), spec
 
 
 def build_compiled(

@@ -47,6 +47,7 @@ class BottomUp:
         weights: str | os.PathLike[str] | None = None,
         processing: Processing = "auto",
         dynamic_width: bool | None = None,
+        precision: str = "fp32",
         **decode_options: Any,
     ) -> None:
         from rtpose.engines.factory import create_engine
@@ -57,6 +58,7 @@ class BottomUp:
             backend=backend,
             device=device,
             weights=weights,  # type: ignore[arg-type]
+            precision=precision,
         )
         self._setup(engine, spec, processing, dynamic_width, decode_options)
 

@@ -65,3 +65,26 @@ def expand_sources(paths: Iterable[str | Path] | str | Path) -> list[Path]:
         else:
             add(path)  # missing: reported by the decoder as this item's error
     return items
+
+
+def sample_images(limit: int, purpose: str = "sample images", split: str = "val2017") -> list[Path]:
+    """The first `limit` images of $RTPOSE_DATA/coco/<split> (default ../shared/data from the cwd, then
+    beside the repository): the demo input (val2017) and the default INT8 calibration set (train2017)."""
+    import os
+
+    from rtpose.errors import RtposeError
+
+    roots = [Path(os.environ["RTPOSE_DATA"])] if os.environ.get("RTPOSE_DATA") else []
+    roots += [
+        Path.cwd().parent / "shared" / "data",
+        Path(__file__).resolve().parents[3].parent / "shared" / "data",
+    ]
+    for root in roots:
+        folder = root / "coco" / split
+        images = sorted(folder.glob("*.jpg")) if folder.is_dir() else []
+        if images:
+            return images[:limit]
+    tried = ", ".join(str(r / "coco" / split) for r in roots)
+    raise RtposeError(
+        f"{purpose}: no sample images found (tried {tried}); pass image files or folders instead"
+    )
