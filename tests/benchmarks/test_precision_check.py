@@ -84,23 +84,27 @@ def test_bottomup_distances_pair_people_and_count_losses() -> None:
 
 def test_candidates_on_cpu_skip_fp16_with_a_reason() -> None:
     cpu = candidates("cpu")
-    assert cpu["eager-bf16"] is None and "CPU" in (cpu["compiled-fp16"] or "")
+    assert cpu["eager-bf16"] is None and cpu["ort-int8"] is None and "CPU" in (cpu["compiled-fp16"] or "")
+    assert set(candidates("cpu", ["ort-int8"])) == {"ort-int8"}
     assert set(candidates("cuda")) == {"eager-fp16", "eager-bf16", "compiled-fp32", "compiled-fp16",
                                        "compiled-bf16"}  # fmt: skip
 
 
-def test_bf16_detector_on_three_real_images(
+def test_bf16_and_int8_detector_on_three_real_images(
     data_dir: Path, coco_val: tuple[Path, Path], tmp_path: Path
 ) -> None:
     torch.set_num_threads(1)
     images = [decode_image(p) for p in sorted(coco_val[1].glob("*.jpg"))[:3]]
-    args = argparse.Namespace(det="rtmdet-nano", data_dir=data_dir, device="cpu")
-    rows = check_detector(args, EngineFactory(device="cpu", workdir=tmp_path), images)
+    args = argparse.Namespace(det="rtmdet-nano", data_dir=data_dir, data_dir_resolved=data_dir, device="cpu",
+                              candidates=None)  # fmt: skip
+    rows = check_detector(args, EngineFactory(device="cpu", workdir=tmp_path, threads=1), images)
     by_candidate = {r["candidate"]: r for r in rows}
     assert "skipped" in by_candidate["compiled-fp16"]
-    bf16 = by_candidate["eager-bf16"]
-    assert bf16["images"] == 3 and bf16["boxes_reference"] >= 1
-    assert bf16["matched_iou_mean"] is not None and bf16["matched_iou_mean"] > 0.9
+    # INT8 (calibrated on train2017 images) moves boxes more: mean IoU 0.90 here; broken would be ~0
+    for label, min_iou in (("eager-bf16", 0.9), ("ort-int8", 0.85)):
+        row = by_candidate[label]
+        assert row["images"] == 3 and row["boxes_reference"] >= 1
+        assert row["matched_iou_mean"] is not None and row["matched_iou_mean"] > min_iou, row
 
 
 def test_cast_engine_runs_in_the_reduced_precision(data_dir: Path) -> None:

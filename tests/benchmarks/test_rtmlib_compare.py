@@ -33,7 +33,8 @@ def test_tiny_run_gives_same_keypoints_and_every_row(
     assert parse_args(argv).pose == "rtmpose-t"
     assert main(argv) == 0
     result = json.loads(out.read_text())
-    assert len(result["rows"]) == 3 and result["persons"] >= 1
+    assert len(result["rows"]) == 4 and result["persons"] >= 1  # the fourth: our INT8 engine
+    assert result["ratio_rtmlib_over_ours_int8_per_person"] > 0
     assert all(r["ms_per_person"] > 0 for r in result["rows"])
     agreement = result["keypoint_agreement"]
     assert agreement["compared"] > 0

@@ -5,8 +5,9 @@
 
 Reference: PyTorch eager FP32 (TF32 off: PyTorch's CUDA default lets convolutions use TF32, which would
 blur what "fp32" means here). Candidates on CUDA: eager FP16 and BF16 (the network cast), compiled FP32,
-FP16 and BF16 engines; on the CPU eager BF16 (compiled fp16 is skipped, fp16 convolutions being
-unsupported or emulated there). Models with real weights only:
+FP16 and BF16 engines; on the CPU eager BF16 and ONNX Runtime INT8 (our export quantised by
+`engines.quantize`, calibrated on COCO train2017 images, evaluated on val2017); compiled fp16 is skipped,
+fp16 convolutions being unsupported or emulated there. Models with real weights only:
 
 - the detector (rtmdet-nano): boxes of every image matched greedily by IoU: how many images find the
   same number of people, the smallest and mean IoU of matched boxes, the largest score change;
@@ -171,21 +172,35 @@ def bottomup_distances(reference: Recorder, candidate: Recorder, input_height: i
 
 
 # -- running ------------------------------------------------------------------------------------------
-def candidates(device: str) -> dict[str, str | None]:
-    """Candidate label -> None (runs) or the reason it is skipped."""
+def candidates(device: str, wanted: Sequence[str] | None = None) -> dict[str, str | None]:
+    """Candidate label -> None (runs) or the reason it is skipped; only `wanted` ones when given."""
+    every = _candidates(device)
+    return every if wanted is None else {k: v for k, v in every.items() if k in wanted}
+
+
+def _candidates(device: str) -> dict[str, str | None]:
     if device.startswith("cuda"):
         # the eager casts first: the dtype's own effect, measured even where a compiled engine fails
         return {"eager-fp16": None, "eager-bf16": None, "compiled-fp32": None, "compiled-fp16": None,
                 "compiled-bf16": None}  # fmt: skip
     return {
         "eager-bf16": None,
+        "ort-int8": None,
         "compiled-fp16": "fp16 convolutions on the CPU are unsupported or emulated (slow) in PyTorch",
     }
 
 
-def make_engine(label: str, model: Any, factory: Any, device: str) -> Engine:
+def make_engine(label: str, model: Any, factory: Any, device: str, calibration: Path | None = None) -> Engine:
     from rtpose.engines.onnx_export import output_names_for
 
+    if label == "ort-int8":
+        from rtpose.engines.ort import OrtEngine
+        from rtpose.engines.quantize import calibration_images, quantize_onnx
+
+        fp32 = factory.onnx_path(model)
+        images = calibration_images(calibration)
+        int8 = quantize_onnx(fp32, model.spec, images, fp32.with_name(fp32.stem + ".int8.onnx"))
+        return OrtEngine(int8, threads=factory.threads)
     if label in ("eager-fp16", "eager-bf16"):
         dtype = torch.float16 if label == "eager-fp16" else torch.bfloat16
         return CastEngine(model.module, dtype, device, output_names_for(model.spec))
@@ -208,11 +223,15 @@ def check_detector(args: argparse.Namespace, factory: Any, images: list[np.ndarr
 
     reference = run(factory.get(model, "eager"))
     rows = []
-    for label, reason in candidates(args.device).items():
+    for label, reason in candidates(args.device, args.candidates).items():
         row: dict[str, Any] = {"model": model.spec.name, "candidate": label}
         if reason is None:
             _progress(f"{model.spec.name} {label}")
-            row.update(compare_detections(reference, run(make_engine(label, model, factory, args.device))))
+            row.update(
+                compare_detections(
+                    reference, run(make_engine(label, model, factory, args.device, _calibration(args)))
+                )
+            )
             row["passed"] = row["images_same_count"] == row["images"] and row["boxes_unmatched"] == 0
         else:
             row["skipped"] = reason
@@ -246,7 +265,7 @@ def check_pose_model(args: argparse.Namespace, factory: Any, model: Any) -> list
     _progress(f"{model.spec.name} eager fp32 (reference)")
     reference, reference_ap = run(factory.get(model, "eager"))
     rows = []
-    for label, reason in candidates(args.device).items():
+    for label, reason in candidates(args.device, args.candidates).items():
         row: dict[str, Any] = {
             "model": model.spec.name, "candidate": label, "weights": model.weights_label,
             "network": module_variant(model.module),
@@ -256,7 +275,7 @@ def check_pose_model(args: argparse.Namespace, factory: Any, model: Any) -> list
             continue
         _progress(f"{model.spec.name} {label}")
         try:
-            engine = make_engine(label, model, factory, args.device)
+            engine = make_engine(label, model, factory, args.device, _calibration(args))
         except RtposeError as exc:
             rows.append({**row, "skipped": f"engine failed: {str(exc).splitlines()[0]}"})
             continue
@@ -280,6 +299,11 @@ def check_pose_model(args: argparse.Namespace, factory: Any, model: Any) -> list
         rows.append(row)
         _progress(json.dumps(row))
     return rows
+
+
+def _calibration(args: argparse.Namespace) -> Path:
+    """INT8 calibration images: COCO train2017 beside the val2017 images that are evaluated."""
+    return args.data_dir_resolved / "coco" / "train2017"
 
 
 def _progress(message: str) -> None:
@@ -313,7 +337,13 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
     with tempfile.TemporaryDirectory(prefix="rtpose-precision-") as tmp:
-        factory = EngineFactory(device=args.device, workdir=Path(tmp), max_batch=64, cache_dir=args.cache_dir)
+        factory = EngineFactory(
+            device=args.device,
+            workdir=Path(tmp),
+            max_batch=64,
+            cache_dir=args.cache_dir,
+            threads=args.threads,
+        )
         rows = []
         if "detector" in args.checks:
             rows += check_detector(args, factory, _val_images(args.data_dir_resolved))
@@ -368,6 +398,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--checks", nargs="+", default=["detector", "pose"], choices=("detector", "pose"))
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--candidates", nargs="+", default=None, metavar="LABEL",
+        help="only these candidates (eager-fp16, eager-bf16, ort-int8, compiled-fp32/fp16/bf16)",
+    )  # fmt: skip
     parser.add_argument("--data-dir", type=Path, default=None, help="default $RTPOSE_DATA")
     parser.add_argument("--cache-dir", type=Path, default=None, help="compiled engine cache")
     parser.add_argument("--out", type=Path, default=Path("runs/precision_check.json"))

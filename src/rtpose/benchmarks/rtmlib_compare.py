@@ -7,8 +7,10 @@ Our RTMPose-m (seeded random weights: speed does not depend on them) is exported
 person boxes (rtmdet-nano detections on a 1280x720 street frame with about ten people, or `--image`).
 rtmlib crops, normalises, runs and decodes one person at a time; we crop all persons, run them as one
 batch in one ONNX Runtime call and decode them together. A third row runs our code one person per call,
-which separates the gain of batching from the rest. Calls are interleaved (ours, rtmlib, ours one by
-one, ...) so that load from other processes hits every contender alike.
+which separates the gain of batching from the rest. A fourth row runs our INT8 engine: the same ONNX
+file quantised by `rtpose.engines.quantize` (calibrated on the sample COCO images; INT8 changes the
+numbers, its accuracy is measured by `precision_check`, not here). Calls are interleaved (ours, rtmlib,
+ours one by one, ...) so that load from other processes hits every contender alike.
 
 Same keypoints: rtmlib normalises the crop in the channel order it is given, with RGB mean/std, and
 its callers pass OpenCV's BGR images; MMPose-trained RTMPose expects RGB. We hand rtmlib the RGB image
@@ -102,6 +104,8 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from rtpose.benchmarks.bench_models import EngineFactory, load_bench_model
+    from rtpose.engines.ort import OrtEngine
+    from rtpose.engines.quantize import calibration_images, quantize_onnx
     from rtpose.pipelines.topdown import TopDown
 
     torch.set_num_threads(args.threads)
@@ -111,6 +115,12 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         onnx_path = factory.onnx_path(pose)
         image, boxes, label = _load_image_and_boxes(args, factory)
         ours = TopDown.from_engines(factory.get(pose, "ort"), pose.spec, None, processing="numpy")
+        int8_file = quantize_onnx(
+            onnx_path, pose.spec, calibration_images(args.calib), Path(tmp) / "int8.onnx"
+        )
+        ours_int8 = TopDown.from_engines(
+            OrtEngine(int8_file, threads=args.threads), pose.spec, None, processing="numpy"
+        )
         theirs = _rtmlib_pose(onnx_path, pose.spec)
         rgb = np.ascontiguousarray(image[..., ::-1])  # see the module docstring
         box_list = [list(map(float, b)) for b in boxes]
@@ -125,6 +135,9 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
             "rtpose (all persons in one ORT call)": lambda: ours.predict_on_boxes(image, boxes),
             "rtmlib (one ORT call per person)": lambda: theirs(rgb, box_list),
             "rtpose (one person per call)": lambda: [ours.predict_on_boxes(image, b[None]) for b in boxes],
+            "rtpose INT8 (that file quantised; all persons in one call)": lambda: ours_int8.predict_on_boxes(
+                image, boxes
+            ),
         }
         times = _interleaved(calls, args.runs, args.warmup)
 
@@ -138,7 +151,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
             "image_p99_ms": round(float(np.percentile(values, 99)), 3),
             "ms_per_person": round(p50 / persons, 3),
         })  # fmt: skip
-    ours_pp, rtmlib_pp = rows[0]["ms_per_person"], rows[1]["ms_per_person"]
+    ours_pp, rtmlib_pp, int8_pp = rows[0]["ms_per_person"], rows[1]["ms_per_person"], rows[3]["ms_per_person"]
     return {
         "image": label,
         "persons": persons,
@@ -154,6 +167,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         "ratio_rtmlib_over_ours_per_person": round(rtmlib_pp / ours_pp, 3),
         "target_ratio": TARGET_RATIO,
         "target_met": rtmlib_pp / ours_pp >= TARGET_RATIO,
+        "ratio_rtmlib_over_ours_int8_per_person": round(rtmlib_pp / int8_pp, 3),
     }
 
 
@@ -183,7 +197,8 @@ def table(result: dict[str, Any]) -> str:
     lines += [
         "",
         f"per-person cost, rtmlib / rtpose: {result['ratio_rtmlib_over_ours_per_person']:.2f}x "
-        f"(target >= {result['target_ratio']}x: {'met' if result['target_met'] else 'NOT met'})",
+        f"(target >= {result['target_ratio']}x: {'met' if result['target_met'] else 'NOT met'}); with our "
+        f"INT8 engine: {result['ratio_rtmlib_over_ours_int8_per_person']:.2f}x",
         f"keypoints (rtmlib score > 0: {agree['compared']} of {agree.get('of', 0)}): max difference "
         f"{agree['max_px']} px, mean {agree['mean_px']} px, within 1 px {agree['within_1px']}",
     ]
@@ -198,6 +213,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--data-dir", type=Path, default=None, help="default $RTPOSE_DATA")
+    parser.add_argument("--calib", type=Path, default=None, help="INT8 calibration images (default: samples)")
     parser.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
     return parser.parse_args(argv)
 
