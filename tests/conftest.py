@@ -45,6 +45,29 @@ def models_dir(data_dir: Path) -> Path:
     return data_dir / "models"
 
 
+def model_file(models_dir: Path, relative: str) -> Path:
+    """A file of the shared models folder, or a skip that names it (the data may be partial)."""
+    path = models_dir / relative
+    if not path.is_file():
+        pytest.skip(f"{path} missing")
+    return path
+
+
+@pytest.fixture(scope="session")
+def movenet_tflite(models_dir: Path) -> Path:
+    """The official MoveNet SinglePose Lightning INT8 TFLite file."""
+    return model_file(
+        models_dir,
+        "movenet_singlepose_lightning_int8/lite-model_movenet_singlepose_lightning_tflite_int8_4.tflite",
+    )
+
+
+@pytest.fixture(scope="session")
+def openpose_ir_xml(models_dir: Path) -> Path:
+    """The OpenVINO IR (FP16-INT8) of human-pose-estimation-0001 (lightweight OpenPose)."""
+    return model_file(models_dir, "human-pose-estimation-0001_FP16-INT8/human-pose-estimation-0001.xml")
+
+
 @pytest.fixture(scope="session")
 def coco_val(data_dir: Path) -> tuple[Path, Path]:
     """(annotation file, image folder) of the 60 real COCO val2017 images with keypoints."""

@@ -26,30 +26,9 @@ from rtpose.preprocess.normalize import normalize_numpy
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
-MOVENET_FILE = (
-    "movenet_singlepose_lightning_int8/lite-model_movenet_singlepose_lightning_tflite_int8_4.tflite"
-)
-OPENPOSE_FILE = "human-pose-estimation-0001_FP16-INT8/human-pose-estimation-0001.xml"
-
 
 def _need(module: str, package: str) -> None:
     pytest.importorskip(module, reason=f"{package} (original runtime, in the 'test' extra) is not installed")
-
-
-@pytest.fixture(scope="module")
-def movenet_path(models_dir: Path) -> Path:
-    path = models_dir / MOVENET_FILE
-    if not path.is_file():
-        pytest.skip(f"{path} missing")
-    return path
-
-
-@pytest.fixture(scope="module")
-def openpose_xml(models_dir: Path) -> Path:
-    path = models_dir / OPENPOSE_FILE
-    if not path.is_file():
-        pytest.skip(f"{path} missing")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +62,8 @@ def openpose_batch(coco_val: tuple[Path, Path]) -> np.ndarray:
 # -- the flatbuffer helper (no runtime needed) ------------------------------------------------------
 
 
-def test_with_graph_outputs_rewrites_only_the_outputs(movenet_path: Path) -> None:
-    data = movenet_path.read_bytes()
+def test_with_graph_outputs_rewrites_only_the_outputs(movenet_tflite: Path) -> None:
+    data = movenet_tflite.read_bytes()
     original = parse_tflite(data)
     patched = with_graph_outputs(data, [277, 260, 332])
     graph = parse_tflite(patched)
@@ -94,16 +73,16 @@ def test_with_graph_outputs_rewrites_only_the_outputs(movenet_path: Path) -> Non
 
 
 @pytest.mark.parametrize("tensors", [[], [-1], [10_000]], ids=["none", "negative", "past-the-end"])
-def test_with_graph_outputs_rejects_bad_tensors(movenet_path: Path, tensors: list[int]) -> None:
+def test_with_graph_outputs_rejects_bad_tensors(movenet_tflite: Path, tensors: list[int]) -> None:
     with pytest.raises(WeightsError):
-        with_graph_outputs(movenet_path.read_bytes(), tensors)
+        with_graph_outputs(movenet_tflite.read_bytes(), tensors)
 
 
-def test_movenet_head_tensors_are_the_head_outputs(movenet_path: Path) -> None:
+def test_movenet_head_tensors_are_the_head_outputs(movenet_tflite: Path) -> None:
     from rtpose.engines.reference import movenet_head_tensors
     from rtpose.models.loading.tflite import read_tflite
 
-    graph = read_tflite(movenet_path)
+    graph = read_tflite(movenet_tflite)
     heads = movenet_head_tensors(graph)
     shapes = {name: graph.tensors[index].shape for name, index in heads.items()}
     assert shapes == {"heatmaps": (1, 48, 48, 17), "centers": (1, 48, 48, 1),
@@ -123,17 +102,17 @@ def test_movenet_head_tensors_are_the_head_outputs(movenet_path: Path) -> None:
 # -- TFLite ---------------------------------------------------------------------------------------
 
 
-def test_tflite_engine_heads_equal_ours(movenet_path: Path, movenet_batch: np.ndarray) -> None:
+def test_tflite_engine_heads_equal_ours(movenet_tflite: Path, movenet_batch: np.ndarray) -> None:
     _need("ai_edge_litert.interpreter", "ai-edge-litert")
     from rtpose.engines.reference import TFLiteEngine
     from rtpose.models.loading.tflite import load_movenet_tflite
     from rtpose.models.movenet import MoveNet
     from rtpose.postprocess.movenet import decode
 
-    engine = TFLiteEngine(movenet_path)
+    engine = TFLiteEngine(movenet_tflite)
     theirs = engine(movenet_batch)
     assert engine.output_names == ("heatmaps", "centers", "regression", "offsets")
-    model = load_movenet_tflite(MoveNet(), movenet_path).eval()
+    model = load_movenet_tflite(MoveNet(), movenet_tflite).eval()
     with torch.no_grad():
         ours = dict(zip(engine.output_names, model(torch.from_numpy(movenet_batch)), strict=True))
     for name in engine.output_names:
@@ -148,12 +127,12 @@ def test_tflite_engine_heads_equal_ours(movenet_path: Path, movenet_batch: np.nd
 
 
 def test_tflite_engine_rejects_what_the_graph_cannot_take(
-    movenet_path: Path, movenet_batch: np.ndarray
+    movenet_tflite: Path, movenet_batch: np.ndarray
 ) -> None:
     _need("ai_edge_litert.interpreter", "ai-edge-litert")
     from rtpose.engines.reference import TFLiteEngine
 
-    engine = TFLiteEngine(movenet_path)
+    engine = TFLiteEngine(movenet_tflite)
     with pytest.raises(EngineError, match="whole numbers"):
         engine(movenet_batch + 0.5)  # interpolated values are no uint8 pixels
     with pytest.raises(EngineError, match="whole numbers"):
@@ -163,7 +142,7 @@ def test_tflite_engine_rejects_what_the_graph_cannot_take(
     with pytest.raises(EngineError):
         engine(np.zeros((3, 192, 192), np.float32))
     with pytest.raises(EngineError):
-        TFLiteEngine(movenet_path.parent / "missing.tflite")
+        TFLiteEngine(movenet_tflite.parent / "missing.tflite")
 
 
 # -- OpenVINO -------------------------------------------------------------------------------------
@@ -178,11 +157,11 @@ def _ours_openpose(xml: Path, int8: bool):  # our OpenPoseLite network, loaded f
     return model
 
 
-def test_openvino_engine_undoes_our_normalisation(openpose_xml: Path, openpose_batch: np.ndarray) -> None:
+def test_openvino_engine_undoes_our_normalisation(openpose_ir_xml: Path, openpose_batch: np.ndarray) -> None:
     _need("openvino", "openvino")
     from rtpose.engines.reference import OpenVinoEngine
 
-    raw = OpenVinoEngine(openpose_xml, mode="float", threads=1).raw_input(openpose_batch)
+    raw = OpenVinoEngine(openpose_ir_xml, mode="float", threads=1).raw_input(openpose_batch)
     assert raw.shape == openpose_batch.shape
     np.testing.assert_allclose(raw, np.rint(raw), atol=1e-3)  # back on the uint8 pixel grid
     assert raw.min() >= 0 and raw.max() <= 255
@@ -193,7 +172,7 @@ def test_openvino_engine_undoes_our_normalisation(openpose_xml: Path, openpose_b
     [("float", False, 1e-6, 1e-4), ("fq-f32", True, 2e-4, 0.1), ("int8", True, 2e-3, 0.3)],
 )
 def test_openvino_engine_outputs_equal_ours(
-    openpose_xml: Path, openpose_batch: np.ndarray, mode: str, int8: bool, max_mean: float, max_abs: float
+    openpose_ir_xml: Path, openpose_batch: np.ndarray, mode: str, int8: bool, max_mean: float, max_abs: float
 ) -> None:
     """float: our float network vs the float graph (exact up to float32). fq-f32 / int8: our INT8
     emulation vs FakeQuantize in f32 / OpenVINO's real INT8 kernels, which requantise differently, so
@@ -202,28 +181,28 @@ def test_openvino_engine_outputs_equal_ours(
     _need("openvino", "openvino")
     from rtpose.engines.reference import OpenVinoEngine
 
-    engine = OpenVinoEngine(openpose_xml, mode=mode, threads=1)
+    engine = OpenVinoEngine(openpose_ir_xml, mode=mode, threads=1)
     theirs = engine(openpose_batch)
     assert engine.output_names == ("heatmaps", "pafs")
     with torch.no_grad():
-        heatmaps, pafs = _ours_openpose(openpose_xml, int8)(torch.from_numpy(openpose_batch))
+        heatmaps, pafs = _ours_openpose(openpose_ir_xml, int8)(torch.from_numpy(openpose_batch))
     for name, ours in (("heatmaps", heatmaps.numpy()), ("pafs", pafs.numpy())):
         assert theirs[name].shape == ours.shape == (1, 19 if name == "heatmaps" else 38, 32, 24)
         difference = np.abs(theirs[name] - ours)
         assert difference.mean() <= max_mean and difference.max() <= max_abs, (name, difference.max())
 
 
-def test_openvino_engine_rejects_bad_requests(openpose_xml: Path) -> None:
+def test_openvino_engine_rejects_bad_requests(openpose_ir_xml: Path) -> None:
     _need("openvino", "openvino")
     from rtpose.engines.reference import OpenVinoEngine
 
     with pytest.raises(EngineError, match="mode"):
-        OpenVinoEngine(openpose_xml, mode="fp8")
+        OpenVinoEngine(openpose_ir_xml, mode="fp8")
     with pytest.raises(EngineError, match="not found"):
-        OpenVinoEngine(openpose_xml.with_name("missing.xml"))
+        OpenVinoEngine(openpose_ir_xml.with_name("missing.xml"))
     with pytest.raises(EngineError, match="no output"):
-        OpenVinoEngine(openpose_xml, output_map={"nope": "heatmaps"})
-    engine = OpenVinoEngine(openpose_xml, mode="float", threads=1)
+        OpenVinoEngine(openpose_ir_xml, output_map={"nope": "heatmaps"})
+    engine = OpenVinoEngine(openpose_ir_xml, mode="float", threads=1)
     with pytest.raises(EngineError, match="3 channels"):
         engine(np.zeros((1, 1, 64, 64), np.float32))
 
@@ -294,7 +273,7 @@ def test_accuracy_run_end_to_end_on_three_images(data_dir: Path, tmp_path: Path)
 
 @pytest.mark.gpu
 def test_our_engines_on_cuda_match_the_original_runtimes(
-    movenet_path: Path, movenet_batch: np.ndarray, openpose_xml: Path, openpose_batch: np.ndarray
+    movenet_tflite: Path, movenet_batch: np.ndarray, openpose_ir_xml: Path, openpose_batch: np.ndarray
 ) -> None:
     """Our torch engines on the GPU against the reference runtimes (CPU) on the same inputs."""
     _need("openvino", "openvino")
@@ -305,17 +284,17 @@ def test_our_engines_on_cuda_match_the_original_runtimes(
     from rtpose.models.movenet import MoveNet
 
     torch.backends.cudnn.allow_tf32 = False  # TF32 convolutions would be no float32 reference
-    tflite = TFLiteEngine(movenet_path)
-    movenet = TorchEngine(load_movenet_tflite(MoveNet(), movenet_path), device="cuda",
+    tflite = TFLiteEngine(movenet_tflite)
+    movenet = TorchEngine(load_movenet_tflite(MoveNet(), movenet_tflite), device="cuda",
                           output_names=tflite.output_names)  # fmt: skip
     ours, theirs = movenet(movenet_batch), tflite(movenet_batch)
     for name in tflite.output_names:
         assert ours[name].device.type == "cuda"
         same = np.abs(ours[name].cpu().numpy() - theirs[name]) < 1e-4
         assert same.mean() > 0.999, name  # cuDNN's summation order may flip a rare rounding by one step
-    openvino = OpenVinoEngine(openpose_xml, mode="float", threads=1)
+    openvino = OpenVinoEngine(openpose_ir_xml, mode="float", threads=1)
     openpose = TorchEngine(
-        _ours_openpose(openpose_xml, False), device="cuda", output_names=("heatmaps", "pafs")
+        _ours_openpose(openpose_ir_xml, False), device="cuda", output_names=("heatmaps", "pafs")
     )
     ours, theirs = openpose(openpose_batch), openvino(openpose_batch)
     for name in ("heatmaps", "pafs"):

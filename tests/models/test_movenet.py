@@ -35,16 +35,8 @@ NUM_CROPS = int(os.environ.get("RTPOSE_MOVENET_CROPS", "4"))
 
 
 @pytest.fixture(scope="module")
-def model_path(models_dir: Path) -> Path:
-    path = models_dir / MODEL_FILE
-    if not path.is_file():
-        pytest.skip(f"{path} missing")
-    return path
-
-
-@pytest.fixture(scope="module")
-def movenet(model_path: Path) -> MoveNet:
-    return load_movenet_tflite(MoveNet(), model_path).eval()
+def movenet(movenet_tflite: Path) -> MoveNet:
+    return load_movenet_tflite(MoveNet(), movenet_tflite).eval()
 
 
 def person_crops(coco_val: tuple[Path, Path], count: int) -> np.ndarray:
@@ -68,10 +60,10 @@ def person_crops(coco_val: tuple[Path, Path], count: int) -> np.ndarray:
     return np.stack(crops)
 
 
-def run_litert(model_path: Path, crops: np.ndarray, tensor: int) -> np.ndarray:
+def run_litert(movenet_tflite: Path, crops: np.ndarray, tensor: int) -> np.ndarray:
     """TFLite's (default kernels) `tensor` for each crop, dequantised; the graph output is re-pointed."""
     litert = pytest.importorskip("ai_edge_litert.interpreter")
-    data = bytearray(model_path.read_bytes())
+    data = bytearray(movenet_tflite.read_bytes())
     fb = _FlatBuffer(bytes(data))
     subgraph = fb.table_vector(fb.root(), 2)[0]
     start, length = fb.vector(subgraph, 2)
@@ -98,14 +90,16 @@ def crops(coco_val: tuple[Path, Path]) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def litert_heads(model_path: Path, crops: np.ndarray) -> dict[str, np.ndarray]:
-    return {name: run_litert(model_path, crops, t).transpose(0, 3, 1, 2) for name, t in HEAD_TENSORS.items()}
+def litert_heads(movenet_tflite: Path, crops: np.ndarray) -> dict[str, np.ndarray]:
+    return {
+        name: run_litert(movenet_tflite, crops, t).transpose(0, 3, 1, 2) for name, t in HEAD_TENSORS.items()
+    }
 
 
 @pytest.fixture(scope="module")
-def litert_output(model_path: Path, crops: np.ndarray) -> np.ndarray:
+def litert_output(movenet_tflite: Path, crops: np.ndarray) -> np.ndarray:
     """(N, 17, 3) y, x, score normalised, as the file's own output gives them."""
-    return run_litert(model_path, crops, OUTPUT_TENSOR)[:, 0]
+    return run_litert(movenet_tflite, crops, OUTPUT_TENSOR)[:, 0]
 
 
 def to_pixels(output: np.ndarray) -> np.ndarray:
@@ -122,11 +116,11 @@ def run_ours(model: MoveNet, crops: np.ndarray) -> dict[str, torch.Tensor]:
 # --- the reader --------------------------------------------------------------------------------
 
 
-def test_reader_agrees_with_litert(model_path: Path) -> None:
+def test_reader_agrees_with_litert(movenet_tflite: Path) -> None:
     litert = pytest.importorskip("ai_edge_litert.interpreter")
-    graph = read_tflite(model_path)
+    graph = read_tflite(movenet_tflite)
     interpreter = litert.Interpreter(
-        model_path=str(model_path),
+        model_path=str(movenet_tflite),
         experimental_op_resolver_type=litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
     )
     interpreter.allocate_tensors()
@@ -152,8 +146,8 @@ def test_reader_agrees_with_litert(model_path: Path) -> None:
         assert list(ours.outputs) == list(theirs["outputs"])
 
 
-def test_reader_options_and_quantisation(model_path: Path) -> None:
-    graph = read_tflite(model_path)
+def test_reader_options_and_quantisation(movenet_tflite: Path) -> None:
+    graph = read_tflite(movenet_tflite)
     stem = graph.operators[5]
     assert stem.op == "CONV_2D"
     assert stem.options == {"padding": "SAME", "stride_w": 2, "stride_h": 2, "activation": "RELU6",
@@ -181,8 +175,8 @@ def test_reader_rejects_non_tflite(data: bytes) -> None:
         parse_tflite(data)
 
 
-def test_reader_rejects_truncated_file(model_path: Path) -> None:
-    data = model_path.read_bytes()
+def test_reader_rejects_truncated_file(movenet_tflite: Path) -> None:
+    data = movenet_tflite.read_bytes()
     with pytest.raises(WeightsError):
         parse_tflite(data[: len(data) // 3])
 
@@ -217,16 +211,16 @@ def test_random_network_shapes() -> None:
         model.set_int8_emulation(True)  # no TFLite quantisation loaded
 
 
-def test_file_that_does_not_fit_is_weights_error(model_path: Path) -> None:
+def test_file_that_does_not_fit_is_weights_error(movenet_tflite: Path) -> None:
     with pytest.raises(WeightsError, match="shape"):
-        load_movenet_tflite(MoveNet(num_keypoints=16), model_path)
+        load_movenet_tflite(MoveNet(num_keypoints=16), movenet_tflite)
     with pytest.raises(WeightsError):
-        load_tflite_weights(torch.nn.Conv2d(3, 3, 1), model_path)
+        load_tflite_weights(torch.nn.Conv2d(3, 3, 1), movenet_tflite)
 
 
-def test_decode_constants_are_the_files(model_path: Path) -> None:
+def test_decode_constants_are_the_files(movenet_tflite: Path) -> None:
     """spec.extra['decode_quant'] holds exactly the graph's quantisation of its decoding tensors."""
-    tensors = {t.name: t for t in read_tflite(model_path).tensors}
+    tensors = {t.name: t for t in read_tflite(movenet_tflite).tensors}
     names = {"center_weight": "truediv_2;add_1", "weighted_center": "truediv_2;add_11",
              "center_y": "tfl.quantize1", "center_x": "tfl.quantize2", "keypoint_y": "add_2",
              "keypoint_x": "add_3", "grid": "strided_slice_3", "delta_y": "sub_5", "delta_x": "sub_6",
@@ -283,10 +277,12 @@ def test_float_mode_is_close_but_not_exact(movenet: MoveNet, crops: np.ndarray, 
 
 
 @pytest.mark.gpu
-def test_int8_emulation_on_cuda_matches_cpu(movenet: MoveNet, model_path: Path, crops: np.ndarray) -> None:
+def test_int8_emulation_on_cuda_matches_cpu(
+    movenet: MoveNet, movenet_tflite: Path, crops: np.ndarray
+) -> None:
     spec = get_spec("movenet-lightning")
     cpu = run_ours(movenet, crops)
-    gpu_model = load_movenet_tflite(MoveNet(), model_path).eval().cuda()
+    gpu_model = load_movenet_tflite(MoveNet(), movenet_tflite).eval().cuda()
     with torch.no_grad():
         heads = gpu_model(torch.from_numpy(crops).permute(0, 3, 1, 2).float().cuda())
     gpu = dict(zip(spec.extra["output_names"], heads, strict=True))

@@ -20,19 +20,11 @@ from rtpose.models.openpose_lite import OPENPOSE_LITE, OpenPoseLite, build_openp
 from rtpose.models.spec import get_spec
 
 from openpose_lite_parity import (  # isort: skip
-    IR_RELATIVE, OpenVinoRunner, ParityStats, coco_images, fit_height, load_ours, normalise, ours_outputs,
+    OpenVinoRunner, ParityStats, coco_images, fit_height, load_ours, normalise, ours_outputs,
     raw_batch,
 )  # fmt: skip
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
-
-
-@pytest.fixture(scope="module")
-def openpose_ir(models_dir: Path) -> Path:
-    path = models_dir / IR_RELATIVE.removeprefix("models/")
-    if not path.is_file():
-        pytest.skip(f"{path} not found")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +33,8 @@ def openpose_images(data_dir: Path) -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def openpose_models(openpose_ir: Path) -> dict[str, OpenPoseLite]:
-    return {"float": load_ours(openpose_ir, False), "int8-emulation": load_ours(openpose_ir, True)}
+def openpose_models(openpose_ir_xml: Path) -> dict[str, OpenPoseLite]:
+    return {"float": load_ours(openpose_ir_xml, False), "int8-emulation": load_ours(openpose_ir_xml, True)}
 
 
 # -- the network and its spec -----------------------------------------------------------------------
@@ -132,8 +124,8 @@ def test_fake_quantize_torch_numpy_and_openvino_agree(case: int) -> None:
 # -- the importer -----------------------------------------------------------------------------------
 
 
-def test_loader_reads_the_int8_ir_and_its_input_normalisation(openpose_ir: Path) -> None:
-    report = load_openvino_ir(build_openpose_lite(), openpose_ir)
+def test_loader_reads_the_int8_ir_and_its_input_normalisation(openpose_ir_xml: Path) -> None:
+    report = load_openvino_ir(build_openpose_lite(), openpose_ir_xml)
     assert report.ir_version == 10 and report.num_convolutions == 58
     assert report.num_activation_fq == 63 and report.num_weight_fq == 58
     assert report.const_element_types["u8"] == 58
@@ -148,10 +140,10 @@ def test_loader_reads_the_int8_ir_and_its_input_normalisation(openpose_ir: Path)
     np.testing.assert_allclose(-shift / scale, OPENPOSE_LITE.mean, rtol=1e-6)
 
 
-def test_spec_normalisation_gives_the_irs_int8_input(openpose_ir: Path) -> None:
+def test_spec_normalisation_gives_the_irs_int8_input(openpose_ir_xml: Path) -> None:
     """For every 0..255 pixel the spec's (x-128)/255 and the IR's own constants quantise alike."""
-    model = load_ours(openpose_ir, True)
-    report = load_openvino_ir(build_openpose_lite(), openpose_ir)
+    model = load_ours(openpose_ir_xml, True)
+    report = load_openvino_ir(build_openpose_lite(), openpose_ir_xml)
     pixels = np.arange(256, dtype=np.float32).reshape(1, 1, 1, 256).repeat(3, axis=1)
     ir_input = torch.from_numpy(
         pixels * report.input_scale.reshape(1, -1, 1, 1) + report.input_shift.reshape(1, -1, 1, 1)
@@ -162,8 +154,8 @@ def test_spec_normalisation_gives_the_irs_int8_input(openpose_ir: Path) -> None:
         )
 
 
-def test_emulation_switch_changes_the_output(openpose_ir: Path) -> None:
-    model = load_ours(openpose_ir, False)
+def test_emulation_switch_changes_the_output(openpose_ir_xml: Path) -> None:
+    model = load_ours(openpose_ir_xml, False)
     x = torch.randn(1, 3, 64, 64) * 0.3
     with torch.no_grad():
         plain = model(x)[0]
@@ -176,24 +168,24 @@ def test_emulation_switch_changes_the_output(openpose_ir: Path) -> None:
     torch.testing.assert_close(plain, again, rtol=0, atol=0)
 
 
-def _copy_ir(openpose_ir: Path, folder: Path, bin_bytes: int | None = None, edit=None) -> Path:
-    xml = folder / openpose_ir.name
-    text = openpose_ir.read_text()
+def _copy_ir(openpose_ir_xml: Path, folder: Path, bin_bytes: int | None = None, edit=None) -> Path:
+    xml = folder / openpose_ir_xml.name
+    text = openpose_ir_xml.read_text()
     xml.write_text(edit(text) if edit else text)
-    data = openpose_ir.with_suffix(".bin").read_bytes()
+    data = openpose_ir_xml.with_suffix(".bin").read_bytes()
     if bin_bytes != 0:
         xml.with_suffix(".bin").write_bytes(data if bin_bytes is None else data[:bin_bytes])
     return xml
 
 
-def test_missing_bin_is_a_weights_error(openpose_ir: Path, tmp_path: Path) -> None:
+def test_missing_bin_is_a_weights_error(openpose_ir_xml: Path, tmp_path: Path) -> None:
     with pytest.raises(WeightsError, match=r"\.bin must lie beside"):
-        load_openvino_ir(build_openpose_lite(), _copy_ir(openpose_ir, tmp_path, bin_bytes=0))
+        load_openvino_ir(build_openpose_lite(), _copy_ir(openpose_ir_xml, tmp_path, bin_bytes=0))
 
 
-def test_truncated_bin_is_a_weights_error(openpose_ir: Path, tmp_path: Path) -> None:
+def test_truncated_bin_is_a_weights_error(openpose_ir_xml: Path, tmp_path: Path) -> None:
     with pytest.raises(WeightsError, match="truncated"):
-        load_openvino_ir(build_openpose_lite(), _copy_ir(openpose_ir, tmp_path, bin_bytes=1_000_000))
+        load_openvino_ir(build_openpose_lite(), _copy_ir(openpose_ir_xml, tmp_path, bin_bytes=1_000_000))
 
 
 def test_not_an_ir_is_a_weights_error(tmp_path: Path) -> None:
@@ -204,21 +196,23 @@ def test_not_an_ir_is_a_weights_error(tmp_path: Path) -> None:
         read_ir(xml)
 
 
-def test_ir_that_does_not_fit_is_a_weights_error(openpose_ir: Path, tmp_path: Path) -> None:
+def test_ir_that_does_not_fit_is_a_weights_error(openpose_ir_xml: Path, tmp_path: Path) -> None:
     with pytest.raises(WeightsError, match="blocks"):
-        load_openvino_ir(OpenPoseLite(num_refinement_stages=2), openpose_ir)
+        load_openvino_ir(OpenPoseLite(num_refinement_stages=2), openpose_ir_xml)
     # conv1 with stride 1 instead of 2
-    changed = _copy_ir(openpose_ir, tmp_path, edit=lambda t: t.replace('strides="2,2"', 'strides="1,1"', 1))
+    changed = _copy_ir(
+        openpose_ir_xml, tmp_path, edit=lambda t: t.replace('strides="2,2"', 'strides="1,1"', 1)
+    )
     with pytest.raises(WeightsError, match="stride"):
         load_openvino_ir(build_openpose_lite(), changed)
 
 
 def test_factory_loads_openpose_lite_from_the_ir(
-    openpose_ir: Path, openpose_models: dict[str, OpenPoseLite]
+    openpose_ir_xml: Path, openpose_models: dict[str, OpenPoseLite]
 ) -> None:
     from rtpose.models.factory import load_model
 
-    loaded = load_model("openpose-lite", weights=openpose_ir)
+    loaded = load_model("openpose-lite", weights=openpose_ir_xml)
     assert loaded.spec is OPENPOSE_LITE and not loaded.module.training
     assert loaded.module.int8_emulation == OPENPOSE_LITE.extra["int8_emulation"]
     for ours, reference in zip(
@@ -241,24 +235,24 @@ def _parity(
 
 
 def test_float_mode_matches_openvino_on_the_float_graph(
-    openpose_ir, openpose_models, openpose_images
+    openpose_ir_xml, openpose_models, openpose_images
 ) -> None:
     pytest.importorskip("openvino")
-    stats = _parity(openpose_models["float"], OpenVinoRunner(openpose_ir, 2, "float"), openpose_images)
+    stats = _parity(openpose_models["float"], OpenVinoRunner(openpose_ir_xml, 2, "float"), openpose_images)
     assert stats.heatmap_max < 2e-4 and stats.paf_max < 2e-4, stats.summary()
     assert stats.peaks_compared >= 20 and stats.peak_agreement >= 0.99, stats.summary()
 
 
-def test_float_mode_matches_at_another_input_size(openpose_ir, openpose_models, openpose_images) -> None:
+def test_float_mode_matches_at_another_input_size(openpose_ir_xml, openpose_models, openpose_images) -> None:
     pytest.importorskip("openvino")
     stats = _parity(
-        openpose_models["float"], OpenVinoRunner(openpose_ir, 2, "float"), openpose_images[:1], (368, 640)
+        openpose_models["float"], OpenVinoRunner(openpose_ir_xml, 2, "float"), openpose_images[:1], (368, 640)
     )
     assert stats.heatmap_max < 1e-3 and stats.paf_max < 1e-3, stats.summary()
 
 
 def test_int8_emulation_follows_openvinos_fake_quantize(
-    openpose_ir, openpose_models, openpose_images
+    openpose_ir_xml, openpose_models, openpose_images
 ) -> None:
     """Against OpenVINO running every FakeQuantize in f32 (low-precision transformations off).
 
@@ -267,7 +261,7 @@ def test_int8_emulation_follows_openvinos_fake_quantize(
     spreads. The emulation must still be closer to that oracle than plain float is.
     """
     pytest.importorskip("openvino")
-    runner = OpenVinoRunner(openpose_ir, 2, "fq-f32")
+    runner = OpenVinoRunner(openpose_ir_xml, 2, "fq-f32")
     try:
         runner.compiled(256, 456)
     except RuntimeError as e:  # an OpenVINO without the internal LP_TRANSFORMS_MODE property
@@ -279,11 +273,13 @@ def test_int8_emulation_follows_openvinos_fake_quantize(
     assert emulated.heatmap_mean < plain.heatmap_mean, (emulated.summary(), plain.summary())
 
 
-def test_both_modes_stay_near_openvinos_int8_runtime(openpose_ir, openpose_models, openpose_images) -> None:
+def test_both_modes_stay_near_openvinos_int8_runtime(
+    openpose_ir_xml, openpose_models, openpose_images
+) -> None:
     """OpenVINO's default CPU path (real u8/i8 convolutions) departs from its own FakeQuantize
     semantics by up to ~0.3 (requantisation where it fuses adds and concats); bounds are loose."""
     pytest.importorskip("openvino")
-    runner = OpenVinoRunner(openpose_ir, 2, "int8")
+    runner = OpenVinoRunner(openpose_ir_xml, 2, "int8")
     for name in ("float", "int8-emulation"):
         stats = _parity(openpose_models[name], runner, openpose_images[:2])
         assert stats.heatmap_mean < 3e-3 and stats.paf_mean < 3e-3, (name, stats.summary())

@@ -42,7 +42,7 @@ class BottomUp:
         self,
         pose: str | os.PathLike[str] = "openpose-lite",
         *,
-        backend: str = "ort",
+        backend: str = "auto",
         device: str = "cpu",
         weights: str | os.PathLike[str] | None = None,
         processing: Processing = "auto",

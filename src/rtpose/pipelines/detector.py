@@ -51,7 +51,7 @@ class Detector:
         self,
         det: str | os.PathLike[str] = "rtmdet-nano",
         *,
-        backend: str = "ort",
+        backend: str = "auto",
         device: str = "cpu",
         weights: str | os.PathLike[str] | None = None,
         score_thr: float | None = None,

@@ -67,8 +67,9 @@ ENCODED_TYPES = (bytes, bytearray, memoryview)
 class TopDown:
     """Detector + top-down pose model.
 
-    backend: "ort" (CPU), "torch", "compiled" (AOTInductor + CUDA graphs) or "auto" (compiled on CUDA,
-    ONNX Runtime on the CPU). precision: fp32, fp16/bf16 with compiled engines, int8 with ONNX Runtime.
+    backend: "auto" (default: compiled on CUDA, ONNX Runtime on the CPU), "ort" (CPU), "torch" or
+    "compiled" (AOTInductor + CUDA graphs). precision: fp32, fp16/bf16 with compiled engines, int8 with
+    ONNX Runtime.
     det_precision: the detector's (default: `precision`, but fp32 for int8: RTMDet-nano loses half its
     boxes in INT8 on COCO val, while it costs ~5 ms of a CPU frame).
     pose_weights="random": seeded random weights, for speed benchmarks only (keypoints are meaningless).
@@ -82,7 +83,7 @@ class TopDown:
         pose: str | os.PathLike[str] = "rtmpose-m",
         det: str | os.PathLike[str] | None = "rtmdet-nano",
         *,
-        backend: str = "ort",
+        backend: str = "auto",
         device: str = "cpu",
         precision: str = "fp32",
         pose_weights: str | os.PathLike[str] | None = None,

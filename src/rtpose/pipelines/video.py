@@ -145,7 +145,7 @@ class Pipeline:
         det: str | os.PathLike[str] = "rtmdet-nano",
         *,
         model: FramePoseModel | None = None,
-        backend: str = "ort",
+        backend: str = "auto",
         device: str = "cpu",
         precision: str = "fp32",
         pose_weights: str | os.PathLike[str] | None = None,
