@@ -7,6 +7,7 @@
 #   bash scripts/gpu_session.sh bench      # rtpose bench --preset gpu (pose, detector, staged + public pipeline)
 #   bash scripts/gpu_session.sh precision  # fp16/bf16 vs fp32 with the real models (three processes at once)
 #   bash scripts/gpu_session.sh video      # 8 streams of the street video, det-interval 1 and 5, + baseline
+#   bash scripts/gpu_session.sh profile    # torch.profiler over TopDown.predict_batch (kernels, syncs)
 set -uo pipefail
 OUT="${OUT:-runs/gpu}"
 mkdir -p "$OUT" /tmp/site
@@ -60,8 +61,11 @@ case "${1:-}" in
         --out "$OUT/video_torch.json" > "$OUT/video_torch.log" 2>&1
     tail -n 15 "$OUT"/video_*.log
     ;;
+  profile)
+    timeout 420 python scripts/profile_topdown.py --device cuda --backend compiled --precision fp16 2>&1 | tail -45
+    ;;
   *)
-    echo "usage: $0 tests|bench|precision|video" >&2
+    echo "usage: $0 tests|bench|precision|video|profile" >&2
     exit 2
     ;;
 esac
