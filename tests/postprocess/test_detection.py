@@ -100,6 +100,13 @@ def test_batched_torch_selection_equals_numpy(num_classes: int) -> None:
         assert np.all(np.diff(e.scores) <= 0) and len(e) <= 40
 
 
+def test_torch_selection_of_no_image_and_of_one_image() -> None:
+    assert select_detections_torch(torch.zeros(0, 10, 1), torch.zeros(0, 10, 4), 0.3, 0.5) == []
+    boxes = torch.tensor([[[0.0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60]]])
+    (found,) = select_detections_torch(torch.tensor([[[0.9], [0.8], [0.7]]]), boxes, 0.3, 0.5, max_det=5)
+    assert found.scores.tolist() == pytest.approx([0.9, 0.7]) and found.boxes.shape == (2, 4)
+
+
 def test_classes_do_not_suppress_each_other() -> None:
     boxes = np.array([[[0, 0, 10, 10], [0, 0, 10, 10]]], np.float32)
     scores = np.array([[[0.9, 0.1], [0.1, 0.8]]], np.float32)

@@ -182,22 +182,33 @@ def select_detections_torch(
     """Batched twin of `select_detections_numpy`: same results, tensors on the inputs' device."""
     _check_inputs(tuple(scores.shape), tuple(boxes.shape), iou_thr)
     batch, _, num_classes = scores.shape
+    if batch == 0:
+        return []
     flat = scores.reshape(batch, -1)
     sorted_scores, order = torch.sort(flat, dim=1, descending=True, stable=True)
     valid = sorted_scores > score_thr
     # one host sync: how many candidates the fullest image has (bounds the K x K IoU matrices)
-    width = min(int(valid.sum(dim=1).max().item()) if batch else 0, pre_top_k)
+    width = min(int(valid.sum(dim=1).max().item()), pre_top_k)
     sorted_scores, order, valid = sorted_scores[:, :width], order[:, :width], valid[:, :width]
     anchors, labels = order // num_classes, order % num_classes
     cand_boxes = torch.gather(boxes, 1, anchors.unsqueeze(-1).expand(-1, -1, 4))
     same_class = labels.unsqueeze(-1) == labels.unsqueeze(-2)
     overlaps = torch.triu((box_iou_torch(cand_boxes, cand_boxes) > iou_thr) & same_class, diagonal=1)
     keep = _cluster_keep(overlaps, valid)
-    results = []
-    for image in range(batch):
-        kept = torch.nonzero(keep[image]).squeeze(1)[:max_det]
-        results.append(Detections(cand_boxes[image, kept], sorted_scores[image, kept], labels[image, kept]))
-    return results
+    keep &= torch.cumsum(keep, dim=1) <= max_det  # the best max_det of each image (rows are by score)
+    # all images at once: one nonzero (and, for several images, one copy of the counts) instead of a
+    # nonzero, hence a host sync, per image
+    rows, cols = torch.nonzero(keep, as_tuple=True)  # image-major, by score within an image
+    counts = [len(rows)] if batch == 1 else torch.bincount(rows, minlength=batch).tolist()
+    return [
+        Detections(b, s, c)
+        for b, s, c in zip(
+            torch.split(cand_boxes[rows, cols], counts),
+            torch.split(sorted_scores[rows, cols], counts),
+            torch.split(labels[rows, cols], counts),
+            strict=True,
+        )
+    ]
 
 
 def select_detections(
