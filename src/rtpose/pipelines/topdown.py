@@ -358,7 +358,7 @@ class TopDown:
                 rows = engine_input_rows(self.pose_engine, stop - start, (3, *input_size), self.device)
                 batch = crop_normalize_torch(
                     pack, params[start:stop], matrices[start:stop], input_size, mean, std,
-                    spec.channel_order, out=rows,
+                    spec.channel_order, out=rows, inverse=inverse[start:stop],
                 )  # fmt: skip
             with self._timer.stage("infer"):
                 outputs = outputs_as("torch", self.pose_engine(batch), self.device)

@@ -132,12 +132,14 @@ def crop_normalize_torch(
     std: torch.Tensor,
     channel_order: str,
     out: torch.Tensor | None = None,
+    inverse: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Every crop of every image in one gather, normalised into `out` (N, 3, out_h, out_w) float32.
 
     crop_params: (N, 3) from `pack.crop_params`. matrices: (N, 2, 3) image -> crop (float64 preferred,
-    as the NumPy reference builds them). Pixels equal `warp_crops_torch` of each crop's own image
-    (bilinear, neighbours outside the image count as 0, rounded to uint8 values), then normalised as
+    as the NumPy reference builds them); `inverse`: their inverses when the caller has them already
+    (each op counts on a GPU). Pixels equal `warp_crops_torch` of each crop's own image (bilinear,
+    neighbours outside the image count as 0, rounded to uint8 values), then normalised as
     `normalize_torch` does.
     """
     n = int(matrices.shape[0])
@@ -151,7 +153,9 @@ def crop_normalize_torch(
     if n == 0:
         empty = torch.zeros((0, out_h, out_w, 3), dtype=torch.uint8, device=device)
         return normalize_into(empty, mean, std, channel_order, out)
-    inverse = invert_affine_matrices(matrices.to(device=device, dtype=torch.float64)).to(torch.float32)
+    if inverse is None:
+        inverse = invert_affine_matrices(matrices.to(device=device, dtype=torch.float64))
+    inverse = inverse.to(device=device, dtype=torch.float32)
     ys = torch.arange(out_h, device=device, dtype=torch.float32).view(1, out_h, 1)
     xs = torch.arange(out_w, device=device, dtype=torch.float32).view(1, 1, out_w)
     inv = inverse.view(n, 6, 1, 1)
