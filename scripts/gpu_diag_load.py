@@ -37,15 +37,13 @@ def main() -> int:
                           progress=False, cache_dir=tempfile.mkdtemp())  # fmt: skip
     path = str(build.path)
     print("built", path, flush=True)
-    with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(path) as package:
-        package.extractall(tmp)
-        for so in Path(tmp).rglob("*.so"):
-            print("ldd", so.name)
-            print(subprocess.run(["ldd", str(so)], capture_output=True, text=True).stdout)
-    extract = tempfile.mkdtemp()
+    extract = tempfile.mkdtemp()  # kept: the aot_load variant loads the shared object from here
     with zipfile.ZipFile(path) as package:
         package.extractall(extract)
     so_files = sorted(str(p) for p in Path(extract).rglob("*.so"))
+    for so in so_files:
+        print("ldd", so)
+        print(subprocess.run(["ldd", so], capture_output=True, text=True).stdout)
     load = f"out=torch._inductor.aoti_load_package({path!r});"
     mark = "print('loading', flush=True);"
     done = "print('loaded', flush=True);"

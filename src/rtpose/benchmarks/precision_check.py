@@ -197,9 +197,7 @@ def make_engine(label: str, model: Any, factory: Any, device: str, calibration: 
         from rtpose.engines.ort import OrtEngine
         from rtpose.engines.quantize import calibration_images, quantize_onnx
 
-        fp32 = factory.onnx_path(model)
-        images = calibration_images(calibration)
-        int8 = quantize_onnx(fp32, model.spec, images, fp32.with_name(fp32.stem + ".int8.onnx"))
+        int8 = quantize_onnx(factory.onnx_path(model), model.spec, calibration_images(calibration))
         return OrtEngine(int8, threads=factory.threads)
     if label in ("eager-fp16", "eager-bf16"):
         dtype = torch.float16 if label == "eager-fp16" else torch.bfloat16

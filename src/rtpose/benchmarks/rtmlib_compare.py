@@ -115,9 +115,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         onnx_path = factory.onnx_path(pose)
         image, boxes, label = _load_image_and_boxes(args, factory)
         ours = TopDown.from_engines(factory.get(pose, "ort"), pose.spec, None, processing="numpy")
-        int8_file = quantize_onnx(
-            onnx_path, pose.spec, calibration_images(args.calib), Path(tmp) / "int8.onnx"
-        )
+        int8_file = quantize_onnx(onnx_path, pose.spec, calibration_images(args.calib))
         ours_int8 = TopDown.from_engines(
             OrtEngine(int8_file, threads=args.threads), pose.spec, None, processing="numpy"
         )

@@ -23,7 +23,6 @@ import argparse
 import dataclasses
 import itertools
 import json
-import os
 import resource
 import tempfile
 import time
@@ -39,8 +38,9 @@ from rtpose.types import Person
 
 
 def _default_video() -> Path:
-    data = Path(os.environ.get("RTPOSE_DATA", Path(__file__).resolve().parents[3].parent / "shared" / "data"))
-    return data / "video" / "openpose_video.avi"
+    from rtpose.benchmarks.bench_models import default_data_dir
+
+    return default_data_dir() / "video" / "openpose_video.avi"
 
 
 # -- 1. throughput ----------------------------------------------------------------------------------

@@ -556,10 +556,15 @@ class CompiledEngine(Engine):
     def graph_input(self, n: int) -> torch.Tensor | None:
         """The static input rows a batch of n is copied into (None without CUDA graphs): callers that
         write their batch here directly save that copy."""
+        bucket = self._graph_bucket(n)
+        return None if bucket is None else bucket.static_input[:n]
+
+    def _graph_bucket(self, n: int) -> _GraphBucket | None:
+        """The CUDA graph that runs a batch of n, captured now on its first use (None without graphs)."""
         if not self.use_cuda_graphs:
             return None
-        bucket = self._graphs.get(self.bucket_for(n)) or self._capture(self.bucket_for(n))
-        return None if bucket is None else bucket.static_input[:n]
+        batch = self.bucket_for(n)
+        return self._graphs.get(batch) or self._capture(batch)
 
     # -- calling ------------------------------------------------------------------------------------
 
@@ -592,9 +597,7 @@ class CompiledEngine(Engine):
 
     def _run_chunk(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         n = x.shape[0]
-        bucket = None
-        if self.use_cuda_graphs:
-            bucket = self._graphs.get(self.bucket_for(n)) or self._capture(self.bucket_for(n))
+        bucket = self._graph_bucket(n)
         if bucket is not None:
             if bucket.static_input[:n].data_ptr() != x.data_ptr():
                 bucket.static_input[:n].copy_(x)

@@ -131,9 +131,18 @@ def _ort_engine_from_cache(loaded: LoadedModel, threads: int | None, precision: 
         except EngineError as e:
             logger.warning("%s: cached ONNX %s is unusable (%s); exporting again", loaded.spec.name, path, e)
             path.unlink(missing_ok=True)
+    return _ort_engine(_exported(loaded.module, loaded.spec, path), loaded.spec, threads, precision)
+
+
+def _exported(module: nn.Module, spec: ModelSpec, path: Path) -> Path:
+    """`path`, exported from `module` first when it is not there yet."""
     if not path.is_file():
-        export_onnx(loaded.module, loaded.spec, path)
-    return _ort_engine(path, loaded.spec, threads, precision)
+        export_onnx(module, spec, path)
+    return path
+
+
+def _random_onnx_path(spec: ModelSpec, weights_id: str) -> Path:
+    return cache_root() / "onnx" / f"{spec.name}-{weights_id}.onnx"
 
 
 def _ort_engine(path: Path, spec: ModelSpec, threads: int | None, precision: str) -> OrtEngine:
@@ -295,9 +304,7 @@ def _engine_for_random_weights(
         return engine, spec
     if backend == "torch":
         return TorchEngine(module, device=device, output_names=output_names_for(spec)), spec
-    path = cache_root() / "onnx" / f"{spec.name}-{weights_id}.onnx"
-    if not path.is_file():
-        export_onnx(module, spec, path)
+    path = _exported(module, spec, _random_onnx_path(spec, weights_id))
     return _ort_engine(path, spec, None, precision), spec
 
 
@@ -315,14 +322,10 @@ def build_int8(
 
     if is_random_weights(weights):
         module, spec, weights_id = random_model(name_or_file, task)
-        path = cache_root() / "onnx" / f"{spec.name}-{weights_id}.onnx"
-        if not path.is_file():
-            export_onnx(module, spec, path)
+        path = _exported(module, spec, _random_onnx_path(spec, weights_id))
     else:
         loaded = _float_network(load_model(name_or_file, task=task, weights=weights, device="cpu"))
-        spec, path = loaded.spec, onnx_cache_path(loaded)
-        if not path.is_file():
-            export_onnx(loaded.module, loaded.spec, path)
+        spec, path = loaded.spec, _exported(loaded.module, loaded.spec, onnx_cache_path(loaded))
     return ensure_int8(path, spec, calibration, force=force), spec
 
 

@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import glob
 import logging
+import os
 from collections.abc import Iterable
 from pathlib import Path
+
+from rtpose.errors import RtposeError
 
 logger = logging.getLogger(__name__)
 
@@ -70,10 +73,6 @@ def expand_sources(paths: Iterable[str | Path] | str | Path) -> list[Path]:
 def sample_images(limit: int, purpose: str = "sample images", split: str = "val2017") -> list[Path]:
     """The first `limit` images of $RTPOSE_DATA/coco/<split> (default ../shared/data from the cwd, then
     beside the repository): the demo input (val2017) and the default INT8 calibration set (train2017)."""
-    import os
-
-    from rtpose.errors import RtposeError
-
     roots = [Path(os.environ["RTPOSE_DATA"])] if os.environ.get("RTPOSE_DATA") else []
     roots += [
         Path.cwd().parent / "shared" / "data",
