@@ -11,6 +11,7 @@ from rtpose.postprocess.detection import (
     nms_numpy,
     nms_torch,
     select_detections,
+    select_detections_fixed,
     select_detections_numpy,
     select_detections_torch,
 )
@@ -137,3 +138,24 @@ def test_cuda_selection_equals_numpy() -> None:
     for e, g in zip(expected, got, strict=True):
         np.testing.assert_array_equal(g.boxes.cpu().numpy(), e.boxes)
         np.testing.assert_array_equal(g.scores.cpu().numpy(), e.scores)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fixed_size_selection_equals_the_dynamic_one_or_says_it_does_not(seed: int) -> None:
+    """The graph-capturable selection: exact where it says so; its flag catches overflow and slow NMS."""
+    rng = np.random.default_rng(seed)
+    boxes = torch.from_numpy(np.stack([_clustered_boxes(rng, 600)[0] for _ in range(3)]))
+    scores = torch.from_numpy(rng.uniform(0, 1, size=(3, 600, 2)).astype(np.float32) ** 3)
+    expected = select_detections_torch(scores, boxes, 0.3, 0.5, 1000, 100)
+    found = select_detections_fixed(scores, boxes, 0.3, 0.5, 1000, 100, candidates=512, rounds=30)
+    assert bool(found.exact)
+    for image, e in enumerate(expected):
+        keep = found.keep[image]
+        torch.testing.assert_close(found.boxes[image][keep], e.boxes, rtol=0, atol=0)
+        torch.testing.assert_close(found.scores[image][keep], e.scores, rtol=0, atol=0)
+        torch.testing.assert_close(found.labels[image][keep], e.labels, rtol=0, atol=0)
+    # too narrow for the candidates above the threshold, or too few NMS rounds: flagged, never silent
+    assert not bool(select_detections_fixed(scores, boxes, 0.3, 0.5, 1000, 100, candidates=16).exact)
+    assert not bool(
+        select_detections_fixed(scores, boxes, 0.3, 0.5, 1000, 100, candidates=512, rounds=1).exact
+    )

@@ -12,7 +12,9 @@ SECTION_TITLES = {
     "pose": "Pose model alone (inference only; ms per item = per person)",
     "detector": "Detector alone (inference only, letterboxed input)",
     "pipeline": "Whole top-down pipeline, per image",
-    "topdown": "TopDown.predict_batch (the public hot path), per image",
+    "topdown": "TopDown.predict_batch (the public hot path), per image, stage-timed",
+    "topdown-wall": "TopDown.predict_batch on a decoded image, wall time per call (no stage syncs)",
+    "topdown-eager": "TopDown.predict_batch without CUDA-graph stages (op by op), per image, stage-timed",
 }
 
 
@@ -27,7 +29,7 @@ def _number(value: float | None, digits: int = 2) -> str:
 
 
 def section_table(rows: list[dict[str, Any]], section: str) -> list[str]:
-    pipeline = section in ("pipeline", "topdown")
+    pipeline = section.startswith(("pipeline", "topdown"))
     stage_names = ["decode", "pre", "infer", "post"] if pipeline else ["infer"]
     head = ["backend", "precision", "device", "batch" if not pipeline else "persons"]
     head += [f"{s} p50 / p99 ms" for s in stage_names]

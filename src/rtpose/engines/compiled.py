@@ -595,6 +595,21 @@ class CompiledEngine(Engine):
                 return bucket
         return self.buckets[-1]
 
+    def run_for_capture(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The network on a device float32 batch of exactly one bucket's size, bypassing this engine's own
+        CUDA graphs: for callers that capture the engine inside a graph of their own, with their pre- and
+        post-processing (`pipelines.graphed`). Outputs are fresh tensors (in the caller's graph pool)."""
+        if not self.use_cuda_graphs:
+            raise EngineError(f"{self.path.name} runs without CUDA graphs; it cannot be captured")
+        if x.device != self._device or x.dtype != torch.float32 or tuple(x.shape[1:]) != self.input_shape:
+            raise EngineError(
+                f"capture input must be float32 (N, {', '.join(map(str, self.input_shape))}) on "
+                f"{self._device}; got {tuple(x.shape)} {x.dtype} on {x.device}"
+            )
+        if x.shape[0] not in self.buckets:
+            raise EngineError(f"capture batch {x.shape[0]} is not one of the buckets {self.buckets}")
+        return dict(zip(self.output_names, self._runner(x), strict=True))
+
     def _run_chunk(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         n = x.shape[0]
         bucket = self._graph_bucket(n)

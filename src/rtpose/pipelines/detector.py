@@ -8,6 +8,10 @@ image. On a torch processing path everything stays on the device.
 torch path the batch is written straight into the engine's input buffer (`engine_input_rows`) and the
 letterbox scales stay Python floats, so nothing but NMS's candidate count goes back to the host.
 
+On CUDA with a compiled engine (CUDA graphs), images of one size run as one captured graph per batch
+shape (`pipelines.graphed.DetectStep`: letterbox, network, fixed-size selection and NMS): one launch and
+one small copy back per call, with the eager torch path answering the rare calls it cannot.
+
 Boxes are selected in one pass with the spec's `score_thr` and `iou_thr` (0.3 / 0.3 for RTMDet: what
 MMPose's top-down demo applies). MMPose runs the config's own NMS (IoU 0.65) before that; one pass at the
 stricter IoU gives the same boxes except in rare chains of overlaps.
@@ -45,6 +49,8 @@ class Detector:
     score_thr: overrides the spec's `extra["score_thr"]`.
     processing: where letterbox/NMS run ("auto": torch on a CUDA torch/compiled engine, NumPy otherwise).
     backend / precision / max_batch: see `create_engine` (max_batch: images per engine call).
+    graphs: replay whole detector calls as CUDA graphs (`pipelines.graphed`); None: wherever possible
+    (a compiled CUDA engine). True on the CPU runs the same fixed-size code eagerly (for tests).
     """
 
     def __init__(
@@ -58,6 +64,7 @@ class Detector:
         processing: Processing = "auto",
         precision: str = "fp32",
         max_batch: int = 16,
+        graphs: bool | None = None,
     ) -> None:
         from rtpose.engines.factory import create_engine
 
@@ -65,7 +72,7 @@ class Detector:
             det, task="detector", backend=backend, device=device, weights=weights, precision=precision,
             max_batch=max_batch,
         )  # fmt: skip
-        self._setup(engine, spec, score_thr, processing)
+        self._setup(engine, spec, score_thr, processing, graphs)
 
     @classmethod
     def from_engine(
@@ -75,14 +82,20 @@ class Detector:
         *,
         score_thr: float | None = None,
         processing: Processing = "auto",
+        graphs: bool | None = None,
     ) -> Detector:
         """A detector around an engine you already have (tests, shared engines)."""
         self = cls.__new__(cls)
-        self._setup(engine, spec, score_thr, processing)
+        self._setup(engine, spec, score_thr, processing, graphs)
         return self
 
     def _setup(
-        self, engine: Engine, spec: ModelSpec, score_thr: float | None, processing: Processing
+        self,
+        engine: Engine,
+        spec: ModelSpec,
+        score_thr: float | None,
+        processing: Processing,
+        graphs: bool | None,
     ) -> None:
         if spec.task != "detector":
             raise EngineError(f"{spec.name} is a {spec.task} model, not a detector")
@@ -96,6 +109,8 @@ class Detector:
         self.processing = choose_processing(processing, engine.backend, engine.device)
         self.device = engine.device if self.processing == "torch" else "cpu"
         self._constants: tuple[Any, Any] | None = None
+        self.graphs = use_graphs(graphs, self.processing, engine)
+        self._steps: dict[tuple[int, int, int], Any] = {}
 
     # -- the stage ----------------------------------------------------------------------------------
     def detect(self, image: Any) -> tuple[Any, Any]:
@@ -142,8 +157,37 @@ class Detector:
             self._constants = normalization_tensors(self.spec, self.device)
         return self._constants
 
+    def graph_step(self, images: list[Any]) -> Any:
+        """The `DetectStep` for these images (made on first use), or None where the eager path runs."""
+        from rtpose.pipelines import graphed
+
+        key = graphed.uniform_key(images) if self.graphs else None
+        if key is None:
+            return None
+        if key not in self._steps:
+            bucket = graphed.step_bucket(graphed.engine_buckets(self.engine), key[0])
+            network = graphed.graph_network(self.engine)
+            if bucket is None or network is None:
+                return None
+            self._steps[key] = make_step(self, lambda: graphed.DetectStep(
+                graphed.FrameBuffer(*key, device=torch_device(self.device)), network, self.spec,
+                bucket=bucket, score_thr=self.score_thr, iou_thr=self.iou_thr, pre_top_k=self.pre_top_k,
+                max_det=self.max_det, pad_value=self.pad_value,
+            ))  # fmt: skip
+        return self._steps[key]
+
     def _detect_torch(self, images: list[Any], timer: StageTimer) -> list[tuple[Any, Any]]:
         import torch
+
+        step = self.graph_step(images)
+        if step is not None:
+            with timer.stage("pre"):
+                step.frames.load(images)
+            with timer.stage("infer"):
+                slots = step.run()
+            if slots is not None:
+                with timer.stage("post"):
+                    return slots.per_image()
 
         from rtpose.postprocess.detection import select_detections_torch
         from rtpose.preprocess.device_batch import letterbox_normalize_torch
@@ -179,6 +223,44 @@ class Detector:
     def run(self, sources: SourceArg, progress: bool = True) -> Iterator[ImageResult]:
         """Detect people in every image the sources name; a bad item becomes that result's error."""
         return run_on_sources(self, sources, progress=progress)
+
+
+def torch_device(device: Any) -> Any:
+    import torch
+
+    if str(device) == "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device(device)
+
+
+def use_graphs(requested: bool | None, processing: str, engine: Engine) -> bool:
+    """Whether a pipeline stage replays CUDA graphs (`pipelines.graphed`): asked for, or by default where
+    the engine can be captured on CUDA. Needs the torch processing path."""
+    if processing != "torch" or requested is False:
+        return False
+    from rtpose.pipelines.graphed import graph_network
+
+    if graph_network(engine) is None:
+        if requested:
+            raise EngineError(
+                f"graphs=True needs a torch or compiled engine (CUDA graphs on CUDA), not {engine.backend}"
+            )
+        return False
+    return bool(requested) or str(engine.device).startswith("cuda")
+
+
+def make_step(owner: Any, factory: Any) -> Any:
+    """`factory()`, or None (and no more graphs for `owner`) when the capture fails: the eager path is
+    always there, so a stage that cannot be captured costs a warning, not the call."""
+    try:
+        return factory()
+    except Exception as exc:
+        import warnings
+
+        warnings.warn(f"CUDA graph capture of a pipeline stage failed ({exc}); running it eagerly",
+                      RuntimeWarning, stacklevel=3)  # fmt: skip
+        owner.graphs = False
+        return None
 
 
 def _unletterbox_torch(boxes: Any, scale: tuple[float, float], image_hw: tuple[int, ...]) -> Any:

@@ -19,6 +19,11 @@ torch on the device, where nothing goes back to the host until the end:
     -> boxes, scores, keypoints of everyone: ONE device-to-host copy     [post]
 
 The only other host synchronisations are the ones the sizes need: how many boxes NMS kept per image.
+
+With compiled CUDA engines (CUDA graphs), images of one size skip the op-by-op launches: the detector
+stage and the pose stage each replay one captured graph holding their pre-processing, network and
+post-processing (`pipelines.graphed`); the stage times then read pre = copying the images into the
+graph's input, infer = both graph replays (device pre/post included), post = building the results.
 With `profile=True` the device is synchronised at stage boundaries and `last_timings` holds the
 milliseconds of each stage of the last call; without it the pipeline never synchronises for timing.
 """
@@ -35,7 +40,7 @@ import numpy as np
 from rtpose.engines.base import Engine
 from rtpose.errors import EngineError, ImageDecodeError, RtposeError
 from rtpose.models.spec import ModelSpec
-from rtpose.pipelines.detector import Detector
+from rtpose.pipelines.detector import Detector, make_step, torch_device, use_graphs
 from rtpose.pipelines.processing import (
     Processing,
     check_image,
@@ -76,6 +81,8 @@ class TopDown:
     det=None builds no detector: `predict_on_boxes` still works (evaluation with given boxes), calling
     the pipeline on an image then raises a clear error.
     profile: synchronise at stage boundaries and record `last_timings` (ms per stage) for every call.
+    graphs: replay each stage as one CUDA graph for images of one size (`pipelines.graphed`); None:
+    wherever the engines allow it (compiled engines on CUDA).
     """
 
     def __init__(
@@ -94,6 +101,7 @@ class TopDown:
         processing: Processing = "auto",
         profile: bool = False,
         det_precision: str | None = None,
+        graphs: bool | None = None,
     ) -> None:
         from rtpose.engines.factory import create_engine
 
@@ -105,10 +113,10 @@ class TopDown:
         if det is not None:
             detector = Detector(
                 det, backend=backend, device=device, weights=det_weights, score_thr=det_score_thr,
-                processing=processing, max_batch=det_max_batch,
+                processing=processing, max_batch=det_max_batch, graphs=graphs,
                 precision=det_precision or ("fp32" if precision == "int8" else precision),
             )  # fmt: skip
-        self._setup(engine, spec, detector, max_batch, processing, profile)
+        self._setup(engine, spec, detector, max_batch, processing, profile, graphs)
 
     @classmethod
     def from_engines(
@@ -120,10 +128,11 @@ class TopDown:
         max_batch: int = 64,
         processing: Processing = "auto",
         profile: bool = False,
+        graphs: bool | None = None,
     ) -> TopDown:
         """A pipeline around engines you already have (tests, shared engines, compiled engines)."""
         self = cls.__new__(cls)
-        self._setup(pose_engine, pose_spec, detector, max_batch, processing, profile)
+        self._setup(pose_engine, pose_spec, detector, max_batch, processing, profile, graphs)
         return self
 
     def _setup(
@@ -134,6 +143,7 @@ class TopDown:
         max_batch: int,
         processing: Processing,
         profile: bool,
+        graphs: bool | None = None,
     ) -> None:
         if spec.task != "pose-topdown":
             raise EngineError(f"{spec.name} is a {spec.task} model, not a top-down pose model")
@@ -150,6 +160,9 @@ class TopDown:
         #: milliseconds per stage (decode, pre, infer, post, total) of the last call when profile=True
         self.last_timings: dict[str, float] = {}
         self._constants: tuple[Any, Any] | None = None
+        self.graphs = use_graphs(graphs, self.processing, engine)
+        self._frames: dict[tuple[int, int, int], Any] = {}  # FrameBuffer per batch shape (given boxes)
+        self._pose_steps: dict[tuple[int, int], Any] = {}  # PoseStep per (frame buffer, bucket)
 
     # -- public API ---------------------------------------------------------------------------------
     def __call__(self, image: Any) -> list[Person]:
@@ -182,6 +195,10 @@ class TopDown:
             raise RtposeError(f"got {len(images)} images, {len(boxes)} box sets and {len(scores)} score sets")
         self._timer.start()
         checked = [check_image(image) for image in images]
+        people = self._pose_graphed_on_boxes(checked, boxes, scores) if self.graphs else None
+        if people is not None:
+            self.last_timings = self._timer.snapshot()
+            return people
         box_sets = [self._box_set(b, s) for b, s in zip(boxes, scores, strict=True)]
         with self._timer.stage("pre"):
             prepared = self._to_processing(checked)
@@ -205,6 +222,11 @@ class TopDown:
             progress=progress,
         )
 
+    def load_image(self, image: Any) -> Any:
+        """An image (array, tensor or encoded bytes) decoded and placed where the pipeline processes it
+        (a device tensor on a CUDA pipeline): calls given it skip decoding and uploading."""
+        return self._prepare_all([image])[0]
+
     def decode_source(self, path: str | os.PathLike[str]) -> Any:
         """One image file decoded where the pipeline processes: a device tensor or a NumPy array."""
         if self.processing == "torch" and str(self.device).startswith("cuda"):
@@ -226,10 +248,74 @@ class TopDown:
 
     def _predict_prepared(self, images: list[Any]) -> list[list[Person]]:
         assert self.detector is not None
+        people = self._predict_graphed(images) if self.graphs else None
+        if people is not None:
+            self.last_timings = self._timer.snapshot()
+            return people
         found = self.detector.detect_batch(images, self._timer)
         people = self._pose(images, found)
         self.last_timings = self._timer.snapshot()
         return people
+
+    def _predict_graphed(self, images: list[Any]) -> list[list[Person]] | None:
+        """Detector and pose stages as two graph replays (None: the eager path must answer this call)."""
+        assert self.detector is not None
+        detect = self.detector.graph_step(images)
+        if detect is None:
+            return None
+        with self._timer.stage("pre"):
+            detect.frames.load(images)
+        with self._timer.stage("infer"):
+            slots = detect.run()
+            if slots is None:
+                return None
+            if slots.total == 0:
+                return [[] for _ in images]
+            pose = self._pose_step(detect.frames, slots.total)
+            if pose is None:
+                return None
+            rows = pose.from_slots(slots)
+        with self._timer.stage("post"):
+            return _people_from_rows(rows, slots.counts)
+
+    def _pose_step(self, frames: Any, n: int) -> Any:
+        """The `PoseStep` over `frames` for n persons (made on first use), None where it cannot run."""
+        from rtpose.pipelines import graphed
+
+        bucket = graphed.step_bucket(graphed.engine_buckets(self.pose_engine), n)
+        network = graphed.graph_network(self.pose_engine) if self.graphs else None
+        if bucket is None or network is None:
+            return None
+        key = (id(frames), bucket)
+        if key not in self._pose_steps:
+            self._pose_steps[key] = make_step(self, lambda: graphed.PoseStep(
+                frames, network, self.pose_spec, bucket=bucket, bbox_padding=self.bbox_padding
+            ))  # fmt: skip
+        return self._pose_steps[key]
+
+    def _pose_graphed_on_boxes(
+        self, images: list[Any], boxes: Sequence[Any], scores: Sequence[Any]
+    ) -> list[list[Person]] | None:
+        """`predict_on_boxes_batch` as one pose-graph replay, for host boxes on images of one size."""
+        from rtpose.pipelines import graphed
+
+        key = graphed.uniform_key(images)
+        if key is None or any(is_torch(b) for b in boxes):
+            return None
+        box_sets = [_host_box_set(b, s) for b, s in zip(boxes, scores, strict=True)]
+        counts = [len(b) for b, _ in box_sets]
+        if sum(counts) == 0:
+            return [[] for _ in images]
+        if key not in self._frames:
+            self._frames[key] = graphed.FrameBuffer(*key, device=torch_device(self.device))
+        pose = self._pose_step(self._frames[key], sum(counts))
+        if pose is None:
+            return None
+        with self._timer.stage("infer"):
+            rows = pose.from_boxes(images, np.concatenate([b for b, _ in box_sets]),
+                                   np.concatenate([s for _, s in box_sets]), counts)  # fmt: skip
+        with self._timer.stage("post"):
+            return _people_from_rows(rows, counts)
 
     def _prepare_all(self, items: list[Any]) -> list[Any]:
         """Decode encoded items, check the others, and move everything to where processing runs."""
@@ -369,6 +455,20 @@ class TopDown:
         with self._timer.stage("post"):
             rows = _pack_rows(torch, boxes, scores, torch.cat(keypoint_chunks), torch.cat(score_chunks))
             return rows.cpu().numpy()  # the one device-to-host copy
+
+
+def _host_box_set(boxes_xyxy: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Validated host (boxes (M, 4) float32, scores (M,) float32) of one image (scores default to 1)."""
+    boxes = np.asarray(boxes_xyxy, dtype=np.float32)
+    if not (boxes.ndim == 2 and boxes.shape[1] == 4) and boxes.shape not in ((0,), (0, 0)):
+        raise RtposeError(f"boxes must have shape (M, 4) as x1, y1, x2, y2; got {boxes.shape}")
+    boxes = boxes.reshape(-1, 4)
+    if scores is None:
+        return boxes, np.ones(len(boxes), np.float32)
+    scores = to_numpy(scores).astype(np.float32)
+    if scores.shape != (len(boxes),):
+        raise RtposeError(f"got {len(boxes)} boxes but scores of shape {scores.shape}")
+    return boxes, scores
 
 
 def _pack_rows(xp: Any, boxes: Any, scores: Any, keypoints: Any, keypoint_scores: Any) -> Any:

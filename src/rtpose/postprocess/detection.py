@@ -156,10 +156,23 @@ def _cluster_keep(overlaps: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     for _ in range(overlaps.shape[-1] + 1):
         suppressed = (overlaps & keep.unsqueeze(-1)).any(dim=-2)
         new_keep = valid & ~suppressed
-        if torch.equal(new_keep, keep):
+        if torch.equal(new_keep, keep):  # a host sync per round
             break
         keep = new_keep
     return keep
+
+
+def _cluster_keep_fixed(
+    overlaps: torch.Tensor, valid: torch.Tensor, rounds: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_cluster_keep` with a fixed number of rounds and no host sync: (keep, converged). Once a round
+    changes nothing the mask is the greedy answer and further rounds keep it; `converged` (a 0-d bool
+    tensor) says whether the last round changed nothing."""
+    keep, previous = valid, valid
+    for _ in range(max(1, rounds)):
+        previous = keep
+        keep = valid & ~(overlaps & keep.unsqueeze(-1)).any(dim=-2)
+    return keep, (keep == previous).all()
 
 
 def nms_torch(boxes: torch.Tensor, scores: torch.Tensor, iou_thr: float) -> torch.Tensor:
@@ -209,6 +222,55 @@ def select_detections_torch(
             strict=True,
         )
     ]
+
+
+@dataclass
+class FixedSelection:
+    """`select_detections_fixed`'s answer: the best `width` candidates of every image, by score, with a
+    keep mask. All device tensors; nothing was synchronised to make them."""
+
+    boxes: torch.Tensor  # (B, width, 4)
+    scores: torch.Tensor  # (B, width)
+    labels: torch.Tensor  # (B, width)
+    keep: torch.Tensor  # (B, width) bool: kept by NMS, within max_det
+    exact: torch.Tensor  # () bool: keep equals select_detections_torch (else run that instead)
+
+
+def select_detections_fixed(
+    scores: torch.Tensor,
+    boxes: torch.Tensor,
+    score_thr: float,
+    iou_thr: float,
+    pre_top_k: int = 1000,
+    max_det: int = 100,
+    candidates: int = 256,
+    rounds: int = 12,
+) -> FixedSelection:
+    """`select_detections_torch` with fixed sizes, so that it can run inside a CUDA graph.
+
+    The candidate list has a fixed width (`candidates`, instead of the count the fullest image needs,
+    which costs a host sync) and NMS runs a fixed number of Cluster-NMS rounds (instead of stopping when a
+    round changes nothing, a sync per round). `exact` is False when that cannot be the answer of
+    `select_detections_torch`: an image had more candidates above the threshold than the width holds, or
+    NMS had not converged after `rounds` rounds. Otherwise keep, boxes and scores equal it exactly.
+    """
+    _check_inputs(tuple(scores.shape), tuple(boxes.shape), iou_thr)
+    batch, _, num_classes = scores.shape
+    flat = scores.reshape(batch, -1)
+    full_width = min(pre_top_k, flat.shape[1])
+    width = min(candidates, full_width)
+    sorted_scores, order = torch.sort(flat, dim=1, descending=True, stable=True)
+    overflow = (sorted_scores[:, width] > score_thr).any() if width < full_width else None
+    sorted_scores, order = sorted_scores[:, :width], order[:, :width]
+    valid = sorted_scores > score_thr
+    anchors, labels = order // num_classes, order % num_classes
+    cand_boxes = torch.gather(boxes, 1, anchors.unsqueeze(-1).expand(-1, -1, 4))
+    same_class = labels.unsqueeze(-1) == labels.unsqueeze(-2)
+    overlaps = torch.triu((box_iou_torch(cand_boxes, cand_boxes) > iou_thr) & same_class, diagonal=1)
+    keep, converged = _cluster_keep_fixed(overlaps, valid, rounds)
+    keep = keep & (torch.cumsum(keep, dim=1) <= max_det)
+    exact = converged if overflow is None else converged & ~overflow
+    return FixedSelection(cand_boxes, sorted_scores, labels, keep, exact)
 
 
 def select_detections(

@@ -61,7 +61,7 @@ def normalize_into(
 
 
 def letterbox_normalize_torch(
-    images: Sequence[torch.Tensor],
+    images: Sequence[torch.Tensor] | torch.Tensor,
     size: tuple[int, int],
     pad_value: int,
     mean: torch.Tensor,
@@ -72,28 +72,57 @@ def letterbox_normalize_torch(
     """Letterbox + normalise B (h_i, w_i, 3) uint8 images -> ((B, 3, H, W) float32, scales [(sx, sy)]).
 
     Same canvases as `letterbox_torch` (bilinear, half-pixel centres, rounded to uint8, padded with
-    `pad_value` at the bottom/right); the scales are Python floats (no device round trip).
+    `pad_value` at the bottom/right); the scales are Python floats (no device round trip). `images` may
+    also be one (B, h, w, 3) tensor (images of one size, resized without stacking them first).
     """
-    if not images:
+    if len(images) == 0:
         raise RtposeError("letterbox_normalize_torch got no images")
+    if isinstance(images, torch.Tensor) and images.ndim == 4:
+        shape = tuple(images.shape[1:])
+        return _letterbox_groups(images, {shape: list(range(len(images)))}, size, pad_value, mean, std,
+                                 channel_order, out, stacked=images)  # fmt: skip
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, image in enumerate(images):
+        groups.setdefault(tuple(image.shape), []).append(index)
+    return _letterbox_groups(images, groups, size, pad_value, mean, std, channel_order, out)
+
+
+def _letterbox_groups(
+    images: Sequence[torch.Tensor],
+    groups: dict[tuple[int, ...], list[int]],
+    size: tuple[int, int],
+    pad_value: int,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    channel_order: str,
+    out: torch.Tensor | None,
+    stacked: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, list[tuple[float, float]]]:
+    """`letterbox_normalize_torch` for images grouped by shape (one resize call per group)."""
     device = images[0].device
     canvas = torch.full((len(images), size[0], size[1], 3), pad_value, dtype=torch.uint8, device=device)
     scales: list[tuple[float, float]] = [(1.0, 1.0)] * len(images)
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for index, image in enumerate(images):
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != torch.uint8:
-            raise RtposeError(f"expected (H, W, 3) uint8 images, got {tuple(image.shape)} {image.dtype}")
-        groups.setdefault(tuple(image.shape), []).append(index)
     for shape, indices in groups.items():
+        if len(shape) != 3 or shape[2] != 3 or images[indices[0]].dtype != torch.uint8:
+            raise RtposeError(f"expected (H, W, 3) uint8 images, got {shape} {images[indices[0]].dtype}")
         new_h, new_w = letterbox_size(shape[:2], size)
-        stack = torch.stack([images[i] for i in indices]) if len(indices) > 1 else images[indices[0]][None]
+        if stacked is not None:
+            stack = stacked
+        elif len(indices) > 1:
+            stack = torch.stack([images[i] for i in indices])
+        else:
+            stack = images[indices[0]][None]
         resized = F.interpolate(
             stack.permute(0, 3, 1, 2).float(), size=(new_h, new_w), mode="bilinear",
             align_corners=False, antialias=False,
         )  # fmt: skip
         resized = resized.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
-        for position, index in enumerate(indices):  # basic indexing: no index tensor to upload
-            canvas[index, :new_h, :new_w] = resized[position]
+        if indices == list(range(len(images))):
+            canvas[:, :new_h, :new_w] = resized
+        else:
+            for position, index in enumerate(indices):  # basic indexing: no index tensor to upload
+                canvas[index, :new_h, :new_w] = resized[position]
+        for index in indices:
             scales[index] = (new_w / shape[1], new_h / shape[0])
     return normalize_into(canvas, mean, std, channel_order, out), scales
 
@@ -113,6 +142,25 @@ class ImagePack:
         self.widths = [int(image.shape[1]) for image in images]
         self.offsets = np.cumsum([0] + [h * w for h, w in zip(self.heights, self.widths, strict=True)])[:-1]
         self.device = self.pixels.device
+
+    @classmethod
+    def from_batch(cls, images: torch.Tensor) -> ImagePack:
+        """A (B, H, W, 3) uint8 tensor of images of one size, viewed in place (no copy)."""
+        shape_ok = images.ndim == 4 and images.shape[3] == 3 and images.dtype == torch.uint8
+        if not shape_ok or not images.is_contiguous():
+            raise RtposeError(f"expected a contiguous (B, H, W, 3) uint8 tensor, got {tuple(images.shape)}")
+        self = cls.__new__(cls)
+        batch, height, width = (int(d) for d in images.shape[:3])
+        self.pixels = images.view(-1, 3)
+        self.heights, self.widths = [height] * batch, [width] * batch
+        self.offsets = np.arange(batch, dtype=np.int64) * height * width
+        self.device = images.device
+        return self
+
+    def param_table(self) -> torch.Tensor:
+        """(B, 3) int64 [pixel offset, height, width] per image on the device (index it per crop)."""
+        table = np.stack([self.offsets, self.heights, self.widths], axis=1).astype(np.int64)
+        return to_device_async(table, self.device)
 
     def crop_params(self, image_of_crop: Sequence[int]) -> torch.Tensor:
         """(N, 3) int64 [pixel offset, height, width] of each crop's image, on the device."""

@@ -1,0 +1,130 @@
+"""The graph-replayed top-down stages (`pipelines.graphed`) against the eager torch path.
+
+On the CPU the steps run as plain functions, so these tests check their logic (fixed-size selection,
+person slots, frame buffers, fallbacks) with real RTMDet-nano and random RTMPose-t weights; the GPU
+test checks the captured graphs against the eager path with compiled engines.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rtpose.decode.image import decode_image
+from rtpose.engines.factory import create_engine
+from rtpose.pipelines import graphed
+from rtpose.pipelines.detector import Detector
+from rtpose.pipelines.topdown import TopDown
+from rtpose.types import Person
+
+
+@pytest.fixture(scope="module")
+def engines(rtpose_env: dict, random_rtmpose_t: Path) -> dict:
+    pose, pose_spec = create_engine(
+        "rtmpose-t", task="pose-topdown", backend="torch", weights=random_rtmpose_t
+    )
+    det, det_spec = create_engine("rtmdet-nano", task="detector", backend="torch")
+    return {"pose": pose, "pose_spec": pose_spec, "det": det, "det_spec": det_spec}
+
+
+@pytest.fixture(scope="module")
+def frames(coco_val: tuple[Path, Path]) -> list[np.ndarray]:
+    """Three images of one size (a 4-person image, its mirror image, and the image again)."""
+    image = decode_image(coco_val[1] / "000000196141.jpg")
+    return [image, np.ascontiguousarray(image[:, ::-1]), image.copy()]
+
+
+def _pipeline(engines: dict, graphs: bool) -> TopDown:
+    detector = Detector.from_engine(engines["det"], engines["det_spec"], processing="torch", graphs=graphs)
+    return TopDown.from_engines(
+        engines["pose"], engines["pose_spec"], detector, processing="torch", graphs=graphs
+    )
+
+
+def _json(people: list[list[Person]]) -> list[list[dict]]:
+    return [[p.to_json() for p in image] for image in people]
+
+
+def test_graph_steps_give_the_eager_results(engines: dict, frames: list[np.ndarray]) -> None:
+    eager, steps = _pipeline(engines, graphs=False), _pipeline(engines, graphs=True)
+    assert steps.graphs and steps.detector is not None and steps.detector.graphs and not eager.graphs
+    expected = eager.predict_batch(frames)
+    got = steps.predict_batch(frames)
+    assert sum(map(len, expected)) >= 8
+    assert _json(got) == _json(expected)
+    assert len(steps.detector._steps) == 1 and len(steps._pose_steps) == 1  # the steps did answer
+    # given boxes (the video pipeline's call): host boxes through the pose step
+    boxes = [np.stack([p.bbox for p in image]) for image in expected]
+    scores = [np.array([p.score for p in image], np.float32) for image in expected]
+    assert _json(steps.predict_on_boxes_batch(frames, boxes, scores)) == _json(
+        eager.predict_on_boxes_batch(frames, boxes, scores)
+    )
+    # the detector alone
+    for (b, s), (eb, es) in zip(
+        steps.detector.detect_batch(frames), eager.detector.detect_batch(frames), strict=True
+    ):
+        torch.testing.assert_close(b, eb, rtol=0, atol=0)
+        torch.testing.assert_close(s, es, rtol=0, atol=0)
+
+
+def test_calls_the_steps_cannot_answer_go_the_eager_way(
+    engines: dict, frames: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    eager = _pipeline(engines, graphs=False)
+    # images of different sizes: no frame buffer fits them
+    mixed = [frames[0], frames[0][:300, :500].copy()]
+    steps = _pipeline(engines, graphs=True)
+    assert _json(steps.predict_batch(mixed)) == _json(eager.predict_batch(mixed))
+    assert not steps.detector._steps
+    # a candidate width too narrow for the image: the step says it is not exact, the eager path answers
+    original = graphed.DetectStep.__init__
+
+    def narrow(self, *args, **kwargs) -> None:
+        original(self, *args, **{**kwargs, "candidates": 2})
+
+    monkeypatch.setattr(graphed.DetectStep, "__init__", narrow)
+    steps = _pipeline(engines, graphs=True)
+    assert _json(steps.predict_batch(frames)) == _json(eager.predict_batch(frames))
+    assert steps.detector._steps and not steps._pose_steps
+    # nobody found: empty results, no pose step
+    blank = [np.zeros_like(frames[0]) for _ in range(2)]
+    assert steps.predict_batch(blank) == [[], []]
+
+
+def test_graphs_need_a_torch_engine(rtpose_env: dict) -> None:
+    from rtpose.errors import EngineError
+
+    engine, spec = create_engine("rtmdet-nano", task="detector", backend="ort")
+    with pytest.raises(EngineError, match="graphs=True needs a torch or compiled engine"):
+        Detector.from_engine(engine, spec, processing="torch", graphs=True)
+    assert not Detector.from_engine(engine, spec).graphs  # the default: only where it can
+
+
+@pytest.mark.gpu
+def test_cuda_graph_steps_match_the_eager_path(rtpose_env: dict, random_rtmpose_t: Path, coco_val) -> None:
+    """Compiled FP16 engines on CUDA: captured stages vs the same engines op by op (random pose weights
+    turn last-bit differences into rare argmax flips, so keypoints are compared on the same boxes)."""
+    image = decode_image(coco_val[1] / "000000196141.jpg")
+    images = [torch.from_numpy(i).cuda() for i in (image, np.ascontiguousarray(image[:, ::-1]))]
+    options = {"backend": "compiled", "device": "cuda", "precision": "fp16", "pose_weights": random_rtmpose_t}
+    steps = TopDown("rtmpose-t", "rtmdet-nano", **options)
+    eager = TopDown("rtmpose-t", "rtmdet-nano", graphs=False, **options)
+    assert steps.graphs and not eager.graphs
+    got, expected = steps.predict_batch(images), eager.predict_batch(images)
+    assert [len(p) for p in got] == [len(p) for p in expected] and sum(map(len, got)) >= 8
+    assert len(steps._pose_steps) == 1 and steps._pose_steps[next(iter(steps._pose_steps))] is not None
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_allclose(np.stack([p.bbox for p in a]), np.stack([p.bbox for p in b]), atol=1e-3)
+    boxes = [np.stack([p.bbox for p in image]) for image in got]
+    on_boxes = steps.predict_on_boxes_batch(images, boxes)
+    on_boxes_eager = eager.predict_on_boxes_batch(images, boxes)
+    pairs = [(a, b) for x, y in zip(on_boxes, on_boxes_eager, strict=True) for a, b in zip(x, y, strict=True)]
+    errors = np.concatenate([np.abs(a.keypoints - b.keypoints).max(-1) for a, b in pairs])
+    print(f"graphs vs eager on CUDA: {(errors <= 1).mean():.2%} within 1 px, max {errors.max():.3g} px")
+    assert (errors <= 1.0).mean() >= 0.97
+    for _ in range(3):  # replays give fresh results, not the first call's
+        assert _json(steps.predict_batch(images[::-1])) == _json(steps.predict_batch(images[::-1]))
+    assert len(steps.predict_batch(images[::-1])[0]) == len(got[1])
