@@ -9,13 +9,13 @@ replayed (the functions inside are the very ones of the eager torch path, so res
   network (`CompiledEngine.run_for_capture`), box selection with a fixed candidate width and a fixed
   number of NMS rounds (`select_detections_fixed`), boxes back to image pixels, compacted into person
   slots (image-major, best first). One small copy brings back the counts per image.
-* `PoseStep` (per image count and size and pose-engine bucket): crops of the first n slots, the pose
-  network, keypoint decoding, inverse affine, one row per person (box, score, keypoints). One copy brings
-  back the rows.
+* `PoseStep` (per image count and size and pose-engine bucket): crops of up to `bucket` persons, the
+  pose network, keypoint decoding, inverse affine, one row per person (box, score, keypoints). More
+  persons than the largest bucket run in several replays; one copy brings back all rows.
 
 Where the fixed sizes cannot give the eager answer (more candidates than the width, NMS not converged in
-its rounds, more persons than the pose engine's largest bucket) the step returns None and the caller
-runs the eager path for that call. Without CUDA (the unit tests) the steps run as plain functions.
+its rounds) the detector step returns None and the caller runs the eager path for that call. Without
+CUDA (the unit tests) the steps run as plain functions.
 """
 
 from __future__ import annotations
@@ -229,8 +229,8 @@ class DetectStep:
 
 
 class PoseStep:
-    """Pose stage for the first n person slots over the images of a `FrameBuffer`, n up to `bucket`:
-    returns the (n, 5 + 3K) float32 rows of `topdown._pack_rows` on the host."""
+    """Pose stage for up to `bucket` persons on the images of a `FrameBuffer`: the (m, 5 + 3K) float32
+    rows of `topdown._pack_rows`, on the device."""
 
     def __init__(
         self,
@@ -253,7 +253,6 @@ class PoseStep:
         self.image_index = torch.zeros(bucket, dtype=torch.int64, device=device)
         network_input = torch.zeros((bucket, 3, *input_size), dtype=torch.float32, device=device)
         self._rows: torch.Tensor | None = None  # made by the first (warm-up) run: its width is 5 + 3K
-        self._staging: torch.Tensor | None = None
 
         def body() -> None:
             from rtpose.pipelines.topdown import _pack_rows
@@ -272,39 +271,19 @@ class PoseStep:
 
         self._replay = _Replay(body, device)
 
-    def from_slots(self, slots: PersonSlots) -> np.ndarray:
-        """Rows for the persons a `DetectStep` found on the same frame buffer (already loaded)."""
-        n = slots.total
-        self.boxes[:n].copy_(slots.boxes[:n])
-        self.scores[:n].copy_(slots.scores[:n])
-        self.image_index[:n].copy_(slots.image_index[:n])
-        return self._run(n)
-
-    def from_boxes(
-        self, images: Sequence[Any], boxes: np.ndarray, scores: np.ndarray, counts: list[int]
-    ) -> np.ndarray:
-        """Rows for given boxes (host arrays, all images' boxes concatenated, `counts` per image)."""
-        n = len(boxes)
-        self.frames.load(images)
-        table = np.zeros((n, 6), np.float32)
-        table[:, :4], table[:, 4] = boxes, scores
-        table[:, 5] = np.repeat(np.arange(len(counts)), counts)
-        if self.frames.device.type == "cuda":
-            if self._staging is None:
-                self._staging = torch.empty((self.bucket, 6), dtype=torch.float32).pin_memory()
-            self._staging[:n].numpy()[...] = table
-            uploaded = self._staging[:n].to(self.frames.device, non_blocking=True)
-        else:
-            uploaded = torch.from_numpy(table)
-        self.boxes[:n].copy_(uploaded[:, :4])
-        self.scores[:n].copy_(uploaded[:, 4])
-        self.image_index[:n].copy_(uploaded[:, 5].to(torch.int64))
-        return self._run(n)
-
-    def _run(self, n: int) -> np.ndarray:
+    def run(self, boxes: torch.Tensor, scores: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
+        """Rows (m, 5 + 3K) for m <= bucket persons given as device tensors (boxes (m, 4) float32 in image
+        pixels, scores (m,), image_index (m,) into the frame buffer, loaded already). The rows are a view
+        of the step's output buffer: copy them before the next replay."""
+        m = int(boxes.shape[0])
+        if m > self.bucket:
+            raise RtposeError(f"pose step of bucket {self.bucket} got {m} persons")
+        self.boxes[:m].copy_(boxes)
+        self.scores[:m].copy_(scores)
+        self.image_index[:m].copy_(image_index)
         self._replay()
         assert self._rows is not None
-        return self._rows[:n].cpu().numpy()  # the one device-to-host copy
+        return self._rows[:m]
 
 
 def step_bucket(buckets: tuple[int, ...] | None, n: int) -> int | None:

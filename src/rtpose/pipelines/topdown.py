@@ -258,7 +258,7 @@ class TopDown:
         return people
 
     def _predict_graphed(self, images: list[Any]) -> list[list[Person]] | None:
-        """Detector and pose stages as two graph replays (None: the eager path must answer this call)."""
+        """Detector and pose stages as graph replays (None: the eager path must answer this call)."""
         assert self.detector is not None
         detect = self.detector.graph_step(images)
         if detect is None:
@@ -269,35 +269,50 @@ class TopDown:
             slots = detect.run()
             if slots is None:
                 return None
-            if slots.total == 0:
+            n = slots.total
+            if n == 0:
                 return [[] for _ in images]
-            pose = self._pose_step(detect.frames, slots.total)
-            if pose is None:
-                return None
-            rows = pose.from_slots(slots)
+            rows = self._pose_rows(detect.frames, slots.boxes[:n], slots.scores[:n], slots.image_index[:n])
+        if rows is None:
+            return None
         with self._timer.stage("post"):
             return _people_from_rows(rows, slots.counts)
 
-    def _pose_step(self, frames: Any, n: int) -> Any:
-        """The `PoseStep` over `frames` for n persons (made on first use), None where it cannot run."""
+    def _pose_rows(self, frames: Any, boxes: Any, scores: Any, image_index: Any) -> np.ndarray | None:
+        """Rows of all persons (device tensors) on the images of `frames` through pose-step replays, in
+        chunks of the engine's largest bucket; one host copy at the end (None: no step can run)."""
+        import torch
+
         from rtpose.pipelines import graphed
 
-        bucket = graphed.step_bucket(graphed.engine_buckets(self.pose_engine), n)
+        n = int(boxes.shape[0])
+        buckets = graphed.engine_buckets(self.pose_engine)
+        largest = buckets[-1] if buckets else n
         network = graphed.graph_network(self.pose_engine) if self.graphs else None
-        if bucket is None or network is None:
-            return None
-        key = (id(frames), bucket)
-        if key not in self._pose_steps:
-            self._pose_steps[key] = make_step(self, lambda: graphed.PoseStep(
-                frames, network, self.pose_spec, bucket=bucket, bbox_padding=self.bbox_padding
-            ))  # fmt: skip
-        return self._pose_steps[key]
+        chunks = []
+        for start in range(0, n, largest):
+            stop = min(start + largest, n)
+            bucket = graphed.step_bucket(buckets, stop - start)
+            if network is None or bucket is None:
+                return None
+            key = (id(frames), bucket)
+            if key not in self._pose_steps:
+                self._pose_steps[key] = make_step(self, lambda bucket=bucket: graphed.PoseStep(
+                    frames, network, self.pose_spec, bucket=bucket, bbox_padding=self.bbox_padding
+                ))  # fmt: skip
+            step = self._pose_steps[key]
+            if step is None:
+                return None
+            rows = step.run(boxes[start:stop], scores[start:stop], image_index[start:stop])
+            chunks.append(rows.clone() if stop < n else rows)  # the next replay overwrites the buffer
+        return (torch.cat(chunks) if len(chunks) > 1 else chunks[0]).cpu().numpy()  # the one host copy
 
     def _pose_graphed_on_boxes(
         self, images: list[Any], boxes: Sequence[Any], scores: Sequence[Any]
     ) -> list[list[Person]] | None:
-        """`predict_on_boxes_batch` as one pose-graph replay, for host boxes on images of one size."""
+        """`predict_on_boxes_batch` through pose-step replays, for host boxes on images of one size."""
         from rtpose.pipelines import graphed
+        from rtpose.preprocess.device_batch import to_device_async
 
         key = graphed.uniform_key(images)
         if key is None or any(is_torch(b) for b in boxes):
@@ -308,12 +323,18 @@ class TopDown:
             return [[] for _ in images]
         if key not in self._frames:
             self._frames[key] = graphed.FrameBuffer(*key, device=torch_device(self.device))
-        pose = self._pose_step(self._frames[key], sum(counts))
-        if pose is None:
-            return None
+        frames = self._frames[key]
+        with self._timer.stage("pre"):
+            frames.load(images)
+            table = np.zeros((sum(counts), 6), np.float32)  # box, score, image index: one upload
+            table[:, :4] = np.concatenate([b for b, _ in box_sets])
+            table[:, 4] = np.concatenate([s for _, s in box_sets])
+            table[:, 5] = np.repeat(np.arange(len(counts)), counts)
+            uploaded = to_device_async(table, frames.device)
         with self._timer.stage("infer"):
-            rows = pose.from_boxes(images, np.concatenate([b for b, _ in box_sets]),
-                                   np.concatenate([s for _, s in box_sets]), counts)  # fmt: skip
+            rows = self._pose_rows(frames, uploaded[:, :4], uploaded[:, 4], uploaded[:, 5].long())
+        if rows is None:
+            return None
         with self._timer.stage("post"):
             return _people_from_rows(rows, counts)
 
