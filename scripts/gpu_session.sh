@@ -3,7 +3,8 @@
 # whole). Carry [".whl", ".gpu"]: wheels the machine lacks (pycocotools, PyAV) and the data of
 # scripts/prepare_gpu_data.sh. Logs and results go to $OUT.
 #
-#   bash scripts/gpu_session.sh tests      # load diagnosis, then every gpu-marked test (three groups at once)
+#   bash scripts/gpu_session.sh tests      # every gpu-marked test (four groups at once)
+#   bash scripts/gpu_session.sh diag       # does a compiled engine load in fresh processes (variants)
 #   bash scripts/gpu_session.sh bench      # rtpose bench --preset gpu (pose, detector, staged + public pipeline)
 #   bash scripts/gpu_session.sh precision  # fp16/bf16 vs fp32 with the real models (three processes at once)
 #   bash scripts/gpu_session.sh video      # 8 streams of the street video, det-interval 1 and 5, + baseline
@@ -19,22 +20,22 @@ python -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch
 PYTEST=(python -m pytest -q -m gpu -p no:cacheprovider -rfE --durations=8)
 
 case "${1:-}" in
-  tests)
-    timeout 240 python scripts/gpu_diag_load.py > "$OUT/diag.log" 2>&1
+  diag)
+    timeout 300 python scripts/gpu_diag_load.py > "$OUT/diag.log" 2>&1
     grep DIAG "$OUT/diag.log"
-    timeout 480 "${PYTEST[@]}" tests/postprocess tests/preprocess tests/models tests/engines/test_torch_engine.py \
+    ;;
+  tests)
+    timeout 540 "${PYTEST[@]}" tests/postprocess tests/preprocess tests/models tests/engines/test_torch_engine.py \
       tests/engines/test_engine_factory.py > "$OUT/tests_a.log" 2>&1 &
-    timeout 480 "${PYTEST[@]}" tests/engines/test_compiled.py tests/cli > "$OUT/tests_b.log" 2>&1 &
-    timeout 480 "${PYTEST[@]}" tests/pipelines tests/benchmarks > "$OUT/tests_c.log" 2>&1 &
+    timeout 540 "${PYTEST[@]}" tests/engines/test_compiled.py tests/cli tests/video > "$OUT/tests_b.log" 2>&1 &
+    timeout 540 "${PYTEST[@]}" tests/pipelines/test_gpu_path.py > "$OUT/tests_c.log" 2>&1 &
+    timeout 540 "${PYTEST[@]}" tests/pipelines tests/benchmarks --ignore=tests/pipelines/test_gpu_path.py \
+      > "$OUT/tests_d.log" 2>&1 &
     wait
     tail -n 25 "$OUT"/tests_*.log
     ;;
   bench)
-    # the load diagnosis runs beside the bench's engine builds (it is done before the bench times anything)
-    timeout 200 python scripts/gpu_diag_load.py > "$OUT/diag.log" 2>&1 &
     timeout 560 python -m rtpose bench --preset gpu --sections pose,detector,pipeline,topdown --out "$OUT/bench" > "$OUT/bench.log" 2>&1
-    wait
-    grep DIAG "$OUT/diag.log"
     tail -n 60 "$OUT/bench.log"
     ;;
   precision)
@@ -46,14 +47,12 @@ case "${1:-}" in
     check detector --checks detector &
     check movenet --checks pose --models movenet-lightning &
     check openpose --checks pose --models openpose-lite &
-    timeout 420 python scripts/gpu_diag_load.py > "$OUT/diag.log" 2>&1 &
     wait
-    grep DIAG "$OUT/diag.log"
     tail -n 12 "$OUT"/precision_*.log
     ;;
   video)
     # PyAV must be among the carried wheels (35 MB: drop the rtmpose-t checkpoint from .gpu to fit 64 MiB)
-    args=(--device cuda --pose rtmpose-m --pose-weights random --streams 8 --frames 400 --det-interval 1 5
+    args=(--device cuda --pose rtmpose-m --pose-weights random --streams 8 --frames 400 --warmup 50 --det-interval 1 5
           --skip quality memory)
     timeout 420 python -m rtpose.benchmarks.video_bench "${args[@]}" --backend compiled --precision fp16 \
       --baseline --out "$OUT/video_compiled.json" > "$OUT/video_compiled.log" 2>&1 \
@@ -65,7 +64,7 @@ case "${1:-}" in
     timeout 420 python scripts/profile_topdown.py --device cuda --backend compiled --precision fp16 2>&1 | tail -45
     ;;
   *)
-    echo "usage: $0 tests|bench|precision|video|profile" >&2
+    echo "usage: $0 tests|diag|bench|precision|video|profile" >&2
     exit 2
     ;;
 esac

@@ -64,21 +64,12 @@ class TopDownFrameModel:
 
     Uses TopDown's batch-of-images methods where it has them (`detect_batch`, `predict_on_boxes_batch`:
     all persons of all frames of a step in one pose-engine call); otherwise calls it frame by frame.
-    `prepare` uploads a step's frames once (one pinned transfer) when the pipeline processes on a device,
-    so that the detector and the pose stage both read them there.
     """
 
     def __init__(self, topdown: Any) -> None:
         if topdown.detector is None:
             raise RtposeError("the video pipeline needs a detector: build TopDown with det=...")
         self.topdown = topdown
-
-    def prepare(self, images: list[np.ndarray]) -> list[Any]:
-        if getattr(self.topdown, "processing", "numpy") != "torch" or not images:
-            return images
-        from rtpose.decode.gpu import upload_images
-
-        return upload_images(images, self.topdown.device)
 
     def detect(self, images: list[np.ndarray]) -> list[BoxesAndScores]:
         from rtpose.pipelines.processing import to_numpy
@@ -314,8 +305,6 @@ class Pipeline:
         return results
 
     def _run_model(self, images: list[np.ndarray], plans: list[BoxesAndScores | None]) -> list[list[Person]]:
-        prepare = getattr(self.model, "prepare", None)  # optional: e.g. one upload for detector and pose
-        images = prepare(images) if prepare is not None else images
         to_detect = [i for i, plan in enumerate(plans) if plan is None]
         boxes: list[BoxesAndScores | None] = list(plans)
         if to_detect:
