@@ -14,15 +14,16 @@ from rtpose.pipelines.video import Pipeline
 from rtpose.pipelines.video_cli import StatusPrinter, main, status_line
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])  # 2: the streams run in two worker processes
 def test_cli_runs_real_models_and_survives_a_broken_source(
     data_dir: Path, models_dir: Path, scene_dir: Path, tmp_path: Path, rtpose_env: dict,
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], workers: str,
 ) -> None:  # fmt: skip
     weights = models_dir / "rtmpose_official_arch" / "rtmpose-t_random_official_format.pth"
     code = main([
         "video", str(data_dir / "video" / "mmpose_demo.mp4"), str(scene_dir / "garbage.mp4"),
         str(tmp_path / "missing.mp4"), "--pose-weights", str(weights), "--out", str(tmp_path / "v"),
-        "--jsonl", str(tmp_path / "o.jsonl"), "--det-interval", "2", "--quiet",
+        "--jsonl", str(tmp_path / "o.jsonl"), "--det-interval", "2", "--quiet", "--workers", workers,
     ])  # fmt: skip
     assert code == 1  # one stream failed; the healthy one is complete
     err = capsys.readouterr().err

@@ -29,6 +29,7 @@ import time
 import tracemalloc
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -45,18 +46,33 @@ def _default_video() -> Path:
 
 # -- 1. throughput ----------------------------------------------------------------------------------
 def throughput(
-    video: Path, streams: int, frames: int, pose: str, det_interval: int, batch: int, warmup: int = 0, **kw
+    video: Path,
+    streams: int,
+    frames: int,
+    pose: str,
+    det_interval: int,
+    batch: int,
+    warmup: int = 0,
+    workers: int = 1,
+    **kw: Any,
 ) -> dict:
     """frames/s of `streams` looped copies of `video`, `frames` each, JSONL written to a temporary file;
-    the first `warmup` frames of every stream are not timed (see `_timed`)."""
+    the first `warmup` frames of every stream are not timed (see `_timed`). workers > 1: the streams are
+    spread over that many processes (`ProcessPipeline`)."""
     with tempfile.TemporaryDirectory(prefix="rtpose-video-bench-") as tmp:
-        pipeline = Pipeline(pose, "rtmdet-nano", det_interval=det_interval, batch_size=batch, loop=True,
-                            jsonl=Path(tmp) / "poses.jsonl", **kw)  # fmt: skip
+        jsonl = Path(tmp) / "poses.jsonl"
+        options = dict(det_interval=det_interval, batch_size=batch, loop=True, jsonl=jsonl)
+        if workers > 1:
+            from rtpose.pipelines.multiprocess import ProcessPipeline
+
+            pipeline: Any = ProcessPipeline(pose, "rtmdet-nano", workers=workers, **options, **kw)
+        else:
+            pipeline = Pipeline(pose, "rtmdet-nano", **options, **kw)
         result = _timed(pipeline, video, streams, frames, warmup)
-    return {"det_interval": det_interval, "batch": batch, **result}
+    return {"det_interval": det_interval, "batch": batch, "workers": workers, **result}
 
 
-def _timed(pipeline: Pipeline, video: Path, streams: int, frames: int, warmup: int = 0) -> dict:
+def _timed(pipeline: Any, video: Path, streams: int, frames: int, warmup: int = 0) -> dict:
     """Run until every stream gave `warmup + frames` results; time the results after the first
     `warmup * streams` (model load, and with CUDA-graph stages the first capture of each batch shape and
     person-count bucket, happen there: steady state is what the rate says)."""
@@ -236,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="untimed frames per stream before the clock starts")  # fmt: skip
     parser.add_argument("--det-interval", type=int, nargs="+", default=[5], help="detector intervals")
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1],
+                        help="processes the streams are spread over (each value a row)")  # fmt: skip
     parser.add_argument("--backend", default="ort", help="ort, torch, compiled or auto")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32")
@@ -256,14 +274,13 @@ def main(argv: list[str] | None = None) -> int:
     if "throughput" not in args.skip:
         report["engine"] = {**engine, "pose": args.pose, "pose_weights": args.pose_weights}
         report["throughput"] = []
-        for interval in args.det_interval:
-            for n in args.streams:
-                row = throughput(args.video, n, args.frames, args.pose, interval, args.batch, args.warmup,
-                                 pose_weights=args.pose_weights, **engine)  # fmt: skip
-                if "baseline" in report:
-                    row["x_baseline"] = round(row["fps_total"] / report["baseline"]["fps"], 2)
-                report["throughput"].append(row)
-                print(json.dumps(row), flush=True)
+        for interval, n, workers in itertools.product(args.det_interval, args.streams, args.workers):
+            row = throughput(args.video, n, args.frames, args.pose, interval, args.batch, args.warmup,
+                             workers, pose_weights=args.pose_weights, **engine)  # fmt: skip
+            if "baseline" in report:
+                row["x_baseline"] = round(row["fps_total"] / report["baseline"]["fps"], 2)
+            report["throughput"].append(row)
+            print(json.dumps(row), flush=True)
     if "quality" not in args.skip:
         quality = {}
         for interval in args.quality_intervals:

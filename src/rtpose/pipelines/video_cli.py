@@ -12,7 +12,7 @@ import argparse
 import logging
 import sys
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 from rtpose.errors import RtposeError
 from rtpose.pipelines.video import Pipeline, stop_on_sigint
@@ -95,6 +95,11 @@ def add_video_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     parser.add_argument(
         "--d-cutoff", type=float, default=1.0, help="One-Euro cutoff of the speed estimate, Hz"
     )
+    parser.add_argument(
+        "--workers", type=int, default=1, metavar="N",
+        help="spread the streams over N processes, each decoding, inferring and tracking its own streams "
+             "(one process is bound by its single Python thread; see docs/benchmarks.md) (default 1)",
+    )  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="no status line")
     parser.set_defaults(handler=run_video)
     return parser
@@ -105,10 +110,15 @@ def _bar(done: int, total: int) -> str:
     return "[" + "#" * filled + "-" * (_BAR_WIDTH - filled) + f"] {min(100, 100 * done // max(total, 1)):3d}%"
 
 
-def status_line(pipeline: Pipeline, stats: dict[str, StreamStats]) -> str:
-    """One line for all streams: `name fps latency drops [bar]` per stream."""
+def status_line(pipeline: Any, stats: dict[str, StreamStats] | None) -> str:
+    """One line for all streams: `name fps latency drops [bar]` per stream (fps and latency only when
+    the reader statistics live in worker processes: stats None)."""
     parts = []
     for name, rate in pipeline.rates.items():
+        if stats is None:
+            if rate.frames:
+                parts.append(f"{name}: {rate.fps:5.1f} fps {rate.latency * 1000:5.0f} ms")
+            continue
         stream = stats.get(name)
         if stream is None and rate.frames == 0:
             continue
@@ -149,16 +159,20 @@ class StatusPrinter:
 
 def run_video(args: argparse.Namespace) -> int:
     """Exit code 0 when every stream ended cleanly, 1 when one failed, 130 on a second Ctrl-C."""
+    options = dict(
+        backend=args.backend, device=args.device, precision=args.precision, pose_weights=args.pose_weights,
+        det_weights=args.det_weights, det_interval=args.det_interval, batch_size=args.batch,
+        batch_timeout=args.batch_timeout, realtime=args.realtime, decode=args.decode, loop=args.loop,
+        track=not args.no_track, smooth=not (args.no_smooth or args.no_track),
+        one_euro=OneEuroParams(args.min_cutoff, args.beta, args.d_cutoff), out_dir=args.out, jsonl=args.jsonl,
+    )  # fmt: skip
     try:
-        pipeline = Pipeline(
-            args.pose, args.det, backend=args.backend, device=args.device, precision=args.precision,
-            pose_weights=args.pose_weights,
-            det_weights=args.det_weights, det_interval=args.det_interval, batch_size=args.batch,
-            batch_timeout=args.batch_timeout, realtime=args.realtime, decode=args.decode, loop=args.loop,
-            track=not args.no_track, smooth=not (args.no_smooth or args.no_track),
-            one_euro=OneEuroParams(args.min_cutoff, args.beta, args.d_cutoff),
-            out_dir=args.out, jsonl=args.jsonl,
-        )  # fmt: skip
+        if args.workers > 1:
+            from rtpose.pipelines.multiprocess import ProcessPipeline
+
+            pipeline: Any = ProcessPipeline(args.pose, args.det, workers=args.workers, **options)
+        else:
+            pipeline = Pipeline(args.pose, args.det, **options)
     except RtposeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -173,7 +187,8 @@ def run_video(args: argparse.Namespace) -> int:
         with stop_on_sigint(pipeline):
             for _ in pipeline:
                 if show_status:
-                    printer.update(status_line(pipeline, pipeline.hub.stats()))
+                    hub = getattr(pipeline, "hub", None)  # None: the readers are in worker processes
+                    printer.update(status_line(pipeline, hub.stats() if hub is not None else None))
     except KeyboardInterrupt:
         printer.finish()
         print("interrupted; outputs closed", file=sys.stderr)

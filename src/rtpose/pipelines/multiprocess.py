@@ -1,0 +1,250 @@
+"""The video pipeline over several processes: streams split among workers, each one a whole `Pipeline`.
+
+Why: one Python process is bound by its one thread doing the per-frame work of every stream (graph
+launches, tracking, smoothing, results) and by decoder threads contending for its GIL. On the H100 host
+one process ran 8 streams of the street video at ~140 frames/s, and ~240 with the frames already in
+memory (no decoding at all). Processes share nothing but the GPU (CUDA time-slices their kernels): each
+worker decodes, detects, tracks, smooths and writes the annotated videos of its own streams, and sends
+the per-frame results (people, not images) to the parent, which writes the JSONL and yields them.
+
+Sources are assigned round-robin when iteration starts (add them before); `remove_source` works while
+running. The first worker starts alone and builds the engines (the on-disk cache then serves the
+others). A worker that fails or dies ends its streams with an error; the others go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing as mp
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+
+from rtpose.errors import RtposeError
+from rtpose.pipelines.video import FrameResult, Pipeline, StreamRate
+from rtpose.sinks.json_out import JsonlWriter
+from rtpose.sources.stream_hub import StreamEnd
+from rtpose.sources.video import parse_source
+
+logger = logging.getLogger("rtpose.video")
+
+SourceEntry = tuple[Any, str, float | None]
+
+
+def _worker_main(index: int, sources: list[SourceEntry], options: dict, results: Any, commands: Any) -> None:
+    """One worker: a `Pipeline` over its sources; results, then its stream ends, go to `results`."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it sends "stop" to everyone
+    try:
+        pipeline = Pipeline(**options)
+        for source, name, fps in sources:
+            pipeline.add_source(source, name=name, fps=fps)
+    except BaseException as exc:  # reported to the parent, which ends this worker's streams
+        results.put(("failed", index, f"{type(exc).__name__}: {exc}"))
+        results.put(("ended", index, []))
+        return
+    results.put(("ready", index, None))
+
+    def obey() -> None:  # commands arrive while the pipeline may be waiting for frames
+        while True:
+            command, name = commands.get()
+            if command == "stop":
+                pipeline.stop()
+                return
+            with contextlib.suppress(RtposeError):  # ended already
+                pipeline.remove_source(name)
+
+    threading.Thread(target=obey, daemon=True, name=f"rtpose-worker-{index}-commands").start()
+    try:
+        for result in pipeline.results():
+            result.image = None  # drawn into this worker's videos already; only people travel
+            results.put(("result", index, result))
+    except BaseException as exc:
+        results.put(("failed", index, f"{type(exc).__name__}: {exc}"))
+    finally:
+        pipeline.close()
+        results.put(("ended", index, pipeline.ended))
+
+
+class ProcessPipeline:
+    """`Pipeline` with its streams spread over `workers` processes (see the module docstring).
+
+    Takes the options of `Pipeline` (except `model`, which cannot travel to a process); `jsonl` is
+    written by this process, `out_dir` by the workers (one MP4 per stream either way).
+    """
+
+    def __init__(
+        self,
+        pose: str | os.PathLike[str] = "rtmpose-t",
+        det: str | os.PathLike[str] = "rtmdet-nano",
+        *,
+        workers: int = 2,
+        jsonl: str | os.PathLike[str] | None = None,
+        sources: Iterable[str | os.PathLike[str]] = (),
+        start_timeout: float = 900.0,
+        **options: Any,
+    ) -> None:
+        if workers < 1:
+            raise RtposeError(f"workers must be at least 1, not {workers}")
+        if "model" in options:
+            raise RtposeError("ProcessPipeline builds its models in the workers; it takes no model=")
+        self.workers = int(workers)
+        self.options = {"pose": pose, "det": det, **options}
+        self.start_timeout = float(start_timeout)
+        self.ended: list[StreamEnd] = []
+        self.rates: dict[str, StreamRate] = {}
+        self._sources: list[SourceEntry] = []
+        self._owner: dict[str, int] = {}
+        self._jsonl = JsonlWriter(jsonl) if jsonl is not None else None
+        self._processes: list[Any] = []
+        self._commands: list[Any] = []
+        self._started = self._closed = False
+        self._stop = threading.Event()  # as Pipeline's: `video.stop_on_sigint` works with both
+        for source in sources:
+            self.add_source(source)
+
+    def add_source(
+        self,
+        source: str | os.PathLike[str] | Iterable[np.ndarray],
+        name: str | None = None,
+        fps: float | None = None,
+    ) -> str:
+        """Add a source before iterating; returns its stream name (bad paths raise here)."""
+        if self._started or self._closed:
+            raise RtposeError("ProcessPipeline assigns sources to workers when it starts: add them before")
+        spec = parse_source(source, name, fps)
+        unique, count = spec.name, 1
+        while unique in self._owner:
+            count += 1
+            unique = f"{spec.name}-{count}"
+        self._owner[unique] = len(self._sources) % self.workers
+        self._sources.append((source, unique, fps))
+        self.rates[unique] = StreamRate()
+        return unique
+
+    def remove_source(self, name: str) -> None:
+        """Stop a stream while running (its worker finishes its outputs and reports it removed)."""
+        if name not in self._owner:
+            raise RtposeError(f"no stream named {name!r}")
+        if self._started and not self._closed:
+            self._commands[self._owner[name]].put(("remove", name))
+
+    @property
+    def streams(self) -> list[str]:
+        return list(self._owner)
+
+    def __iter__(self) -> Iterator[FrameResult]:
+        return self.results()
+
+    def results(self) -> Iterator[FrameResult]:
+        """Results of all workers as they come; ends when every worker has ended."""
+        if self._started:
+            raise RtposeError("a ProcessPipeline runs once; create a new one")
+        self._started = True
+        context = mp.get_context("spawn")  # CUDA cannot be used in forked children
+        results = context.Queue(maxsize=256)
+        used = min(self.workers, len(self._sources))
+        assigned: list[list[SourceEntry]] = [[] for _ in range(used)]
+        for entry in self._sources:
+            assigned[self._owner[entry[1]]].append(entry)
+        self._commands = [context.Queue() for _ in range(used)]
+        running: set[int] = set()
+
+        def start(index: int) -> None:
+            args = (index, assigned[index], self.options, results, self._commands[index])
+            process = context.Process(
+                target=_worker_main, args=args, name=f"rtpose-worker-{index}", daemon=True
+            )
+            process.start()
+            self._processes.append(process)
+            running.add(index)
+
+        try:
+            if used:
+                start(0)  # alone first: it builds the engines the others then load from the cache
+            waiting_first, deadline = used > 0, time.monotonic() + self.start_timeout
+            while running:
+                try:
+                    kind, index, payload = results.get(timeout=0.5)
+                except queue.Empty:
+                    self._reap(running, assigned)
+                    if waiting_first and time.monotonic() > deadline:
+                        raise RtposeError(
+                            f"the first worker did not start in {self.start_timeout:.0f} s"
+                        ) from None
+                    continue
+                if kind == "result":
+                    self._emit(payload)
+                    yield payload
+                elif kind == "ready" and waiting_first and index == 0:
+                    waiting_first = False
+                    for other in range(1, used):
+                        start(other)
+                elif kind == "failed":
+                    logger.error("worker %d failed: %s", index, payload)
+                    self._end_streams(assigned[index], payload)
+                    if waiting_first and index == 0:  # the others would fail the same way
+                        waiting_first = False
+                        for other in range(1, used):
+                            self._end_streams(assigned[other], f"not started: worker 0 failed ({payload})")
+                elif kind == "ended":
+                    self.ended.extend(payload)
+                    running.discard(index)
+        finally:
+            self.close()
+
+    def run(self) -> list[StreamEnd]:
+        for _ in self.results():
+            pass
+        return self.ended
+
+    def stop(self) -> None:
+        """Ask every worker to end after its current step (outputs are finished)."""
+        self._stop.set()
+        for commands in self._commands:
+            commands.put(("stop", None))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.stop()
+        for process in self._processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.terminate()
+        if self._jsonl is not None:
+            self._jsonl.close()
+
+    def __enter__(self) -> ProcessPipeline:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- internals ----------------------------------------------------------------------------------
+    def _emit(self, result: FrameResult) -> None:
+        self.rates.setdefault(result.stream, StreamRate()).add(result.latency, time.monotonic())
+        if self._jsonl is not None:
+            self._jsonl.write(result.to_json(), plain=True)
+
+    def _end_streams(self, entries: list[SourceEntry], error: str) -> None:
+        done = {end.stream for end in self.ended}
+        for _, name, _ in entries:
+            if name not in done:
+                self.ended.append(StreamEnd(name, "failed", self.rates[name].frames, error))
+
+    def _reap(self, running: set[int], assigned: list[list[SourceEntry]]) -> None:
+        """Workers that died without saying so (killed, crashed in native code): their streams end."""
+        for index in list(running):
+            process = self._processes[index] if index < len(self._processes) else None
+            if process is not None and not process.is_alive() and process.exitcode not in (None, 0):
+                logger.error("worker %d died (exit code %s)", index, process.exitcode)
+                self._end_streams(assigned[index], f"worker process died (exit code {process.exitcode})")
+                running.discard(index)

@@ -1,0 +1,69 @@
+"""`ProcessPipeline`: streams spread over worker processes give what one `Pipeline` gives, and a worker's
+failure ends only its streams (real RTMDet-nano, seeded random RTMPose-t on ONNX Runtime, street video)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import pytest
+
+from rtpose.errors import RtposeError
+from rtpose.pipelines.multiprocess import ProcessPipeline
+from rtpose.pipelines.video import Pipeline
+
+OPTIONS = {"pose": "rtmpose-t", "pose_weights": "random", "backend": "ort", "det_interval": 2}
+
+
+@pytest.fixture(scope="module")
+def street(data_dir: Path) -> list:
+    with av.open(str(data_dir / "video" / "openpose_video.avi")) as container:
+        return [
+            f.to_ndarray(format="bgr24") for _, f in zip(range(12), container.decode(video=0), strict=False)
+        ]
+
+
+def _records(results) -> dict[tuple[str, int], dict]:
+    return {(r.stream, r.frame): r.to_json() for r in results}
+
+
+def test_workers_give_the_single_process_results(street: list, rtpose_env: dict, tmp_path: Path) -> None:
+    sources = {"a": street[:6], "b": street[6:]}
+    with Pipeline(**OPTIONS) as single:
+        for name, frames in sources.items():
+            single.add_source(frames, name=name, fps=25)
+        expected = _records(single)
+    spread = ProcessPipeline(workers=2, jsonl=tmp_path / "out.jsonl", **OPTIONS)
+    for name, frames in sources.items():
+        spread.add_source(frames, name=name, fps=25)
+    got = _records(spread)
+    assert len(got) == 12 and sum(len(r["people"]) for r in got.values()) >= 12
+    assert got == expected
+    assert sorted((e.stream, e.reason, e.frames) for e in spread.ended) == [
+        ("a", "finished", 6),
+        ("b", "finished", 6),
+    ]
+    assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 12
+    with pytest.raises(RtposeError, match="add them before"):
+        spread.add_source(street[:1])
+
+
+def test_a_failing_worker_ends_only_its_streams(street: list, rtpose_env: dict, scene_dir: Path) -> None:
+    spread = ProcessPipeline(workers=2, **OPTIONS)
+    spread.add_source(street[:4], name="good", fps=25)
+    spread.add_source(scene_dir / "garbage.mp4", name="garbage")
+    results = list(spread)
+    assert {r.stream for r in results} == {"good"} and len(results) == 4
+    ends = {e.stream: e for e in spread.ended}
+    assert ends["good"].reason == "finished" and ends["garbage"].reason == "failed"
+
+
+def test_workers_that_cannot_build_their_model_end_every_stream(street: list, rtpose_env: dict) -> None:
+    spread = ProcessPipeline(workers=2, **{**OPTIONS, "pose": "no-such-model"})
+    spread.add_source(street[:2], name="a", fps=25)
+    spread.add_source(street[2:4], name="b", fps=25)
+    assert list(spread) == []
+    assert sorted((e.stream, e.reason) for e in spread.ended) == [("a", "failed"), ("b", "failed")]
+    assert "no-such-model" in spread.ended[0].error
+    with pytest.raises(RtposeError, match="workers must be at least 1"):
+        ProcessPipeline(workers=0)
