@@ -24,6 +24,7 @@ With compiled CUDA engines (CUDA graphs), images of one size skip the op-by-op l
 stage and the pose stage each replay one captured graph holding their pre-processing, network and
 post-processing (`pipelines.graphed`); the stage times then read pre = copying the images into the
 graph's input, infer = both graph replays (device pre/post included), post = building the results.
+
 With `profile=True` the device is synchronised at stage boundaries and `last_timings` holds the
 milliseconds of each stage of the last call; without it the pipeline never synchronises for timing.
 """
