@@ -3,6 +3,12 @@ failure ends only its streams (real RTMDet-nano, seeded random RTMPose-t on ONNX
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import av
@@ -67,3 +73,58 @@ def test_workers_that_cannot_build_their_model_end_every_stream(street: list, rt
     assert "no-such-model" in spread.ended[0].error
     with pytest.raises(RtposeError, match="workers must be at least 1"):
         ProcessPipeline(workers=0)
+
+
+def test_sources_are_removed_while_running_and_generators_refused(
+    street: list, data_dir: Path, rtpose_env: dict
+) -> None:
+    spread = ProcessPipeline(workers=2, loop=True, **OPTIONS)
+    video = data_dir / "video" / "openpose_video.avi"
+    endless = spread.add_source(video, name="endless")  # a looped file: only its removal ends it
+    spread.add_source(street[:4], name="short", fps=25)
+    with pytest.raises(RtposeError, match="cannot send a generator"):
+        spread.add_source(iter(street[:2]))
+    seen = {"endless": 0, "short": 0}
+    for result in spread:
+        seen[result.stream] += 1
+        if result.stream == "endless" and seen["endless"] == 5:
+            spread.remove_source(endless)
+    ends = {e.stream: e.reason for e in spread.ended}
+    assert ends == {"endless": "removed", "short": "finished"} and seen["short"] == 4
+    assert 5 <= seen["endless"] <= 5 + 8  # results already in flight when the command arrived still come
+
+
+def test_sigint_stops_every_worker_and_closes_the_outputs(
+    data_dir: Path, tmp_path: Path, rtpose_env: dict
+) -> None:
+    """Ctrl-C on `rtpose video --workers 2`: the workers ignore it, the parent asks them to stop; exit 0,
+    well-formed JSONL, and each stream's MP4 holds exactly its JSONL frames."""
+    video = data_dir / "video" / "openpose_video.avi"
+    jsonl, out = tmp_path / "o.jsonl", tmp_path / "v"
+    command = [sys.executable, "-m", "rtpose", "video", str(video), str(video), "--loop", "--workers", "2",
+               "--pose-weights", "random", "--jsonl", str(jsonl), "--out", str(out), "--quiet"]  # fmt: skip
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, env=os.environ.copy())
+    try:
+        deadline = time.monotonic() + 240
+
+        def both_streams_going() -> bool:  # each worker has written results
+            lines = jsonl.read_text().splitlines() if jsonl.exists() else []
+            streams = [json.loads(line)["stream"] for line in lines if line.endswith("}")]
+            return min(streams.count("openpose_video"), streams.count("openpose_video-2")) >= 3
+
+        while not both_streams_going() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, stderr.decode()[-3000:]
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert len(records) >= 6
+    for stream in ("openpose_video", "openpose_video-2"):
+        frames = [r["frame"] for r in records if r["stream"] == stream]
+        assert frames == list(range(len(frames)))
+        with av.open(str(out / f"{stream}.mp4")) as container:
+            assert sum(1 for _ in container.decode(video=0)) == len(frames)

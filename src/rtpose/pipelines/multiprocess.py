@@ -118,6 +118,11 @@ class ProcessPipeline:
         """Add a source before iterating; returns its stream name (bad paths raise here)."""
         if self._started or self._closed:
             raise RtposeError("ProcessPipeline assigns sources to workers when it starts: add them before")
+        if isinstance(source, Iterator):
+            raise RtposeError(
+                "ProcessPipeline cannot send a generator or iterator to a worker process; pass a list of "
+                "frames, a file, a folder, a camera or a URL"
+            )
         spec = parse_source(source, name, fps)
         unique, count = spec.name, 1
         while unique in self._owner:

@@ -259,6 +259,10 @@ class Pipeline:
         if self._closed:
             return
         self._closed = True
+        reported = {end.stream for end in self.ended}
+        for name in self.hub.names():  # still open (stopped, or the caller left the loop): say so
+            if name not in reported:
+                self._end_stream(StreamEnd(name, "stopped", self.rates.get(name, StreamRate()).frames))
         try:
             self.hub.close()
         finally:
