@@ -60,7 +60,8 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
     add("--batches", default=None, metavar="LIST", help="pose model batch sizes (default 1,8,64,256)")
     add("--det-batches", default=None, metavar="LIST", help="detector batch sizes (default 1)")
     add("--sections", default="pose,detector,pipeline", metavar="LIST",
-        help="sections: pose, detector, pipeline (staged), topdown (TopDown.predict_batch)")  # fmt: skip
+        help="sections: pose, detector, pipeline (staged), topdown (TopDown.predict_batch: stage-timed, "
+             "wall time per call, and on CUDA op by op without its CUDA-graph stages)")  # fmt: skip
     add("--pipeline-image", type=Path, default=None, metavar="FILE",
         help="image for the pipeline section (default: a 1280x720 street frame with ~10 people)")  # fmt: skip
     add("--frame", type=int, default=None, metavar="N", help="frame of the street video (default 20)")
