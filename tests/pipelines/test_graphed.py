@@ -48,20 +48,44 @@ def _json(people: list[list[Person]]) -> list[list[dict]]:
     return [[p.to_json() for p in image] for image in people]
 
 
+def _graph_steps(pipeline: TopDown) -> tuple[int, set[int]]:
+    """(detector steps made, buckets of the pose steps made on their frame buffers)."""
+    cache = pipeline.detector._steps if pipeline.detector is not None else None
+    made = [step for step in (cache.items.values() if cache else []) if step is not None]
+    return len(made), {b for step in made for b, pose in step.frames.pose_steps.items() if pose is not None}
+
+
+def test_step_cache_makes_a_step_on_the_second_sighting_and_keeps_the_recent_ones() -> None:
+    cache, made = graphed.StepCache(after=2, size=2), []
+
+    def make(key):  # type: ignore[no-untyped-def]
+        return lambda: made.append(key) or key
+
+    assert cache.get((1, 2, 3), make("a")) is None and made == []  # a shape seen once: op by op
+    assert cache.get((1, 2, 3), make("a")) == "a" and cache.get((1, 2, 3), make("x")) == "a"
+    for key, name in (((2, 2, 2), "b"), ((3, 3, 3), "c")):
+        cache.get(key, make(name))
+        assert cache.get(key, make(name)) == name
+    assert made == ["a", "b", "c"] and list(cache.items) == [(2, 2, 2), (3, 3, 3)]  # "a" dropped
+
+
 def test_graph_steps_give_the_eager_results(engines: dict, frames: list[np.ndarray]) -> None:
     eager, steps = _pipeline(engines, graphs=False), _pipeline(engines, graphs=True)
     assert steps.graphs and steps.detector is not None and steps.detector.graphs and not eager.graphs
     expected = eager.predict_batch(frames)
-    got = steps.predict_batch(frames)
+    assert _json(steps.predict_batch(frames)) == _json(expected)  # a new shape: op by op
+    assert _graph_steps(steps) == (0, set())
+    got = steps.predict_batch(frames)  # the second call with that shape: through the steps
     assert sum(map(len, expected)) >= 8
     assert _json(got) == _json(expected)
-    assert len(steps.detector._steps) == 1 and len(steps._pose_steps) == 1  # the steps did answer
-    # given boxes (the video pipeline's call): host boxes through the pose step
+    assert _graph_steps(steps)[0] == 1 and len(_graph_steps(steps)[1]) == 1  # the steps did answer
+    # given boxes (the video pipeline's call): host boxes through the pose step (from the second call)
     boxes = [np.stack([p.bbox for p in image]) for image in expected]
     scores = [np.array([p.score for p in image], np.float32) for image in expected]
-    assert _json(steps.predict_on_boxes_batch(frames, boxes, scores)) == _json(
-        eager.predict_on_boxes_batch(frames, boxes, scores)
-    )
+    reference = _json(eager.predict_on_boxes_batch(frames, boxes, scores))
+    for _ in range(2):
+        assert _json(steps.predict_on_boxes_batch(frames, boxes, scores)) == reference
+    assert steps._frames is not None and len(steps._frames.items) == 1
     # the detector alone
     for (b, s), (eb, es) in zip(
         steps.detector.detect_batch(frames), eager.detector.detect_batch(frames), strict=True
@@ -77,8 +101,9 @@ def test_more_persons_than_the_largest_bucket_run_in_chunks(
     expected = eager.predict_batch(frames)
     monkeypatch.setattr(engines["pose"], "buckets", (2, 4), raising=False)
     steps = _pipeline(engines, graphs=True)
+    steps.predict_batch(frames)
     got = steps.predict_batch(frames)
-    assert sum(map(len, got)) > 4 and {bucket for _, bucket in steps._pose_steps} <= {2, 4}
+    assert sum(map(len, got)) > 4 and _graph_steps(steps)[1] and _graph_steps(steps)[1] <= {2, 4}
     assert [len(p) for p in got] == [len(p) for p in expected]
     for a, b in zip(got, expected, strict=True):
         assert [p.bbox.tolist() for p in a] == [p.bbox.tolist() for p in b]
@@ -95,8 +120,9 @@ def test_calls_the_steps_cannot_answer_go_the_eager_way(
     # images of different sizes: no frame buffer fits them
     mixed = [frames[0], frames[0][:300, :500].copy()]
     steps = _pipeline(engines, graphs=True)
-    assert _json(steps.predict_batch(mixed)) == _json(eager.predict_batch(mixed))
-    assert not steps.detector._steps
+    for _ in range(2):
+        assert _json(steps.predict_batch(mixed)) == _json(eager.predict_batch(mixed))
+    assert _graph_steps(steps) == (0, set())
     # a candidate width too narrow for the image: the step says it is not exact, the eager path answers
     original = graphed.DetectStep.__init__
 
@@ -105,8 +131,9 @@ def test_calls_the_steps_cannot_answer_go_the_eager_way(
 
     monkeypatch.setattr(graphed.DetectStep, "__init__", narrow)
     steps = _pipeline(engines, graphs=True)
-    assert _json(steps.predict_batch(frames)) == _json(eager.predict_batch(frames))
-    assert steps.detector._steps and not steps._pose_steps
+    for _ in range(2):
+        assert _json(steps.predict_batch(frames)) == _json(eager.predict_batch(frames))
+    assert _graph_steps(steps) == (1, set())
     # nobody found: empty results, no pose step
     blank = [np.zeros_like(frames[0]) for _ in range(2)]
     assert steps.predict_batch(blank) == [[], []]
@@ -131,12 +158,14 @@ def test_cuda_graph_steps_match_the_eager_path(rtpose_env: dict, random_rtmpose_
     steps = TopDown("rtmpose-t", "rtmdet-nano", **options)
     eager = TopDown("rtmpose-t", "rtmdet-nano", graphs=False, **options)
     assert steps.graphs and not eager.graphs
+    steps.predict_batch(images)  # the first call with a shape runs op by op, the second captures
     got, expected = steps.predict_batch(images), eager.predict_batch(images)
     assert [len(p) for p in got] == [len(p) for p in expected] and sum(map(len, got)) >= 8
-    assert len(steps._pose_steps) == 1 and steps._pose_steps[next(iter(steps._pose_steps))] is not None
+    assert _graph_steps(steps)[0] == 1 and len(_graph_steps(steps)[1]) == 1
     for a, b in zip(got, expected, strict=True):
         np.testing.assert_allclose(np.stack([p.bbox for p in a]), np.stack([p.bbox for p in b]), atol=1e-3)
     boxes = [np.stack([p.bbox for p in image]) for image in got]
+    steps.predict_on_boxes_batch(images, boxes)
     on_boxes = steps.predict_on_boxes_batch(images, boxes)
     on_boxes_eager = eager.predict_on_boxes_batch(images, boxes)
     pairs = [(a, b) for x, y in zip(on_boxes, on_boxes_eager, strict=True) for a, b in zip(x, y, strict=True)]

@@ -110,7 +110,7 @@ class Detector:
         self.device = engine.device if self.processing == "torch" else "cpu"
         self._constants: tuple[Any, Any] | None = None
         self.graphs = use_graphs(graphs, self.processing, engine)
-        self._steps: dict[tuple[int, int, int], Any] = {}
+        self._steps: Any = None  # graphed.StepCache of DetectSteps, made on first use
 
     # -- the stage ----------------------------------------------------------------------------------
     def detect(self, image: Any) -> tuple[Any, Any]:
@@ -121,14 +121,17 @@ class Detector:
         """
         return self.detect_batch([image])[0]
 
-    def detect_batch(self, images: list[Any], timer: StageTimer | None = None) -> list[tuple[Any, Any]]:
-        """`detect` for several images with one engine call: [(boxes (M_i, 4), scores (M_i,))]."""
+    def detect_batch(
+        self, images: list[Any], timer: StageTimer | None = None, *, graph: bool = True
+    ) -> list[tuple[Any, Any]]:
+        """`detect` for several images with one engine call: [(boxes (M_i, 4), scores (M_i,))].
+        graph=False: op by op even where a graph step exists (a caller that tried the step already)."""
         if not images:
             return []
         timer = timer or StageTimer()
         images = [check_image(image) for image in images]
         if self.processing == "torch":
-            return self._detect_torch(images, timer)
+            return self._detect_torch(images, timer, graph)
         return self._detect_numpy([to_numpy(image) for image in images], timer)
 
     def _detect_numpy(self, images: list[np.ndarray], timer: StageTimer) -> list[tuple[Any, Any]]:
@@ -158,28 +161,29 @@ class Detector:
         return self._constants
 
     def graph_step(self, images: list[Any]) -> Any:
-        """The `DetectStep` for these images (made on first use), or None where the eager path runs."""
+        """The `DetectStep` for these images (made on the second call with their shape), or None where
+        the op-by-op path runs."""
         from rtpose.pipelines import graphed
 
         key = graphed.uniform_key(images) if self.graphs else None
-        if key is None:
+        bucket = graphed.step_bucket(graphed.engine_buckets(self.engine), key[0]) if key else None
+        network = graphed.graph_network(self.engine) if key else None
+        if key is None or bucket is None or network is None:
             return None
-        if key not in self._steps:
-            bucket = graphed.step_bucket(graphed.engine_buckets(self.engine), key[0])
-            network = graphed.graph_network(self.engine)
-            if bucket is None or network is None:
-                return None
-            self._steps[key] = make_step(self, lambda: graphed.DetectStep(
-                graphed.FrameBuffer(*key, device=torch_device(self.device)), network, self.spec,
-                bucket=bucket, score_thr=self.score_thr, iou_thr=self.iou_thr, pre_top_k=self.pre_top_k,
-                max_det=self.max_det, pad_value=self.pad_value,
-            ))  # fmt: skip
-        return self._steps[key]
+        if self._steps is None:
+            self._steps = graphed.StepCache()
+        return self._steps.get(key, lambda: make_step(self, lambda: graphed.DetectStep(
+            graphed.FrameBuffer(*key, device=torch_device(self.device)), network, self.spec,
+            bucket=bucket, score_thr=self.score_thr, iou_thr=self.iou_thr, pre_top_k=self.pre_top_k,
+            max_det=self.max_det, pad_value=self.pad_value,
+        )))  # fmt: skip
 
-    def _detect_torch(self, images: list[Any], timer: StageTimer) -> list[tuple[Any, Any]]:
+    def _detect_torch(
+        self, images: list[Any], timer: StageTimer, graph: bool = True
+    ) -> list[tuple[Any, Any]]:
         import torch
 
-        step = self.graph_step(images)
+        step = self.graph_step(images) if graph else None
         if step is not None:
             with timer.stage("pre"):
                 step.frames.load(images)

@@ -13,6 +13,8 @@ replayed (the functions inside are the very ones of the eager torch path, so res
   pose network, keypoint decoding, inverse affine, one row per person (box, score, keypoints). More
   persons than the largest bucket run in several replays; one copy brings back all rows.
 
+Steps are made on the second call with a batch shape and kept for the 4 most recent shapes
+(`StepCache`): photo folders of many sizes run op by op instead of capturing graphs for every size.
 Where the fixed sizes cannot give the eager answer (more candidates than the width, NMS not converged in
 its rounds) the detector step returns None and the caller runs the eager path for that call. Without
 CUDA (the unit tests) the steps run as plain functions.
@@ -20,6 +22,7 @@ CUDA (the unit tests) the steps run as plain functions.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -87,13 +90,42 @@ class _Replay:
             self.graph.replay()
 
 
+class StepCache:
+    """Graph steps per batch shape (B, H, W). A step is made on the `after`-th call with its shape, so
+    shapes seen once (a folder of photos of many sizes, COCO evaluation) never pay a capture; at most
+    `size` shapes are kept, the least recently used one is dropped with its graphs and their memory."""
+
+    def __init__(self, after: int = 2, size: int = 4) -> None:
+        self.after, self.size = after, size
+        self.items: OrderedDict[tuple[int, int, int], Any] = OrderedDict()
+        self._seen: OrderedDict[tuple[int, int, int], int] = OrderedDict()
+
+    def get(self, key: tuple[int, int, int], make: Callable[[], Any]) -> Any:
+        """The step of `key` (None while the shape is too new, or where `make` gave None)."""
+        if key in self.items:
+            self.items.move_to_end(key)
+            return self.items[key]
+        count = self._seen.pop(key, 0) + 1
+        if count < self.after:
+            self._seen[key] = count
+            if len(self._seen) > 256:
+                self._seen.popitem(last=False)
+            return None
+        self.items[key] = make()
+        if len(self.items) > self.size:
+            self.items.popitem(last=False)
+        return self.items[key]
+
+
 class FrameBuffer:
     """The step input for B images of one size: a (B, H, W, 3) uint8 device tensor that images are
-    copied into (host images through one pinned staging buffer and a non-blocking copy)."""
+    copied into (host images through one pinned staging buffer and a non-blocking copy). The pose steps
+    that read it hang on it (`pose_steps`, per bucket), so they go when it goes."""
 
     def __init__(self, batch: int, height: int, width: int, device: torch.device) -> None:
         self.images = torch.zeros((batch, height, width, 3), dtype=torch.uint8, device=device)
         self.device = device
+        self.pose_steps: dict[int, Any] = {}
         self._staging: torch.Tensor | None = None
 
     @property

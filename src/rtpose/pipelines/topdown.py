@@ -162,8 +162,7 @@ class TopDown:
         self.last_timings: dict[str, float] = {}
         self._constants: tuple[Any, Any] | None = None
         self.graphs = use_graphs(graphs, self.processing, engine)
-        self._frames: dict[tuple[int, int, int], Any] = {}  # FrameBuffer per batch shape (given boxes)
-        self._pose_steps: dict[tuple[int, int], Any] = {}  # PoseStep per (frame buffer, bucket)
+        self._frames: Any = None  # graphed.StepCache of FrameBuffers (given boxes), made on first use
 
     # -- public API ---------------------------------------------------------------------------------
     def __call__(self, image: Any) -> list[Person]:
@@ -253,7 +252,7 @@ class TopDown:
         if people is not None:
             self.last_timings = self._timer.snapshot()
             return people
-        found = self.detector.detect_batch(images, self._timer)
+        found = self.detector.detect_batch(images, self._timer, graph=not self.graphs)  # tried above
         people = self._pose(images, found)
         self.last_timings = self._timer.snapshot()
         return people
@@ -296,12 +295,11 @@ class TopDown:
             bucket = graphed.step_bucket(buckets, stop - start)
             if network is None or bucket is None:
                 return None
-            key = (id(frames), bucket)
-            if key not in self._pose_steps:
-                self._pose_steps[key] = make_step(self, lambda bucket=bucket: graphed.PoseStep(
+            if bucket not in frames.pose_steps:
+                frames.pose_steps[bucket] = make_step(self, lambda bucket=bucket: graphed.PoseStep(
                     frames, network, self.pose_spec, bucket=bucket, bbox_padding=self.bbox_padding
                 ))  # fmt: skip
-            step = self._pose_steps[key]
+            step = frames.pose_steps[bucket]
             if step is None:
                 return None
             rows = step.run(boxes[start:stop], scores[start:stop], image_index[start:stop])
@@ -322,9 +320,11 @@ class TopDown:
         counts = [len(b) for b, _ in box_sets]
         if sum(counts) == 0:
             return [[] for _ in images]
-        if key not in self._frames:
-            self._frames[key] = graphed.FrameBuffer(*key, device=torch_device(self.device))
-        frames = self._frames[key]
+        if self._frames is None:
+            self._frames = graphed.StepCache()
+        frames = self._frames.get(key, lambda: graphed.FrameBuffer(*key, device=torch_device(self.device)))
+        if frames is None:  # a shape seen for the first time runs op by op
+            return None
         with self._timer.stage("pre"):
             frames.load(images)
             table = np.zeros((sum(counts), 6), np.float32)  # box, score, image index: one upload
