@@ -128,3 +128,19 @@ def test_sigint_stops_every_worker_and_closes_the_outputs(
         assert frames == list(range(len(frames)))
         with av.open(str(out / f"{stream}.mp4")) as container:
             assert sum(1 for _ in container.decode(video=0)) == len(frames)
+
+
+def test_a_killed_worker_ends_its_streams_and_the_others_finish(
+    street: list, data_dir: Path, rtpose_env: dict
+) -> None:
+    spread = ProcessPipeline(workers=2, loop=True, **OPTIONS)
+    spread.add_source(data_dir / "video" / "openpose_video.avi", name="doomed")  # worker 0, endless
+    spread.add_source(street[:6], name="healthy", fps=25)  # worker 1
+    seen = {"doomed": 0, "healthy": 0}
+    for result in spread:
+        seen[result.stream] += 1
+        if result.stream == "doomed" and seen["doomed"] == 2:
+            spread._processes[0].kill()  # as the OOM killer or a segfault would
+    ends = {e.stream: e for e in spread.ended}
+    assert ends["healthy"].reason == "finished" and seen["healthy"] == 6
+    assert ends["doomed"].reason == "failed" and "died" in ends["doomed"].error

@@ -18,11 +18,12 @@ import contextlib
 import logging
 import multiprocessing as mp
 import os
-import queue
+import pickle
 import signal
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from multiprocessing.connection import wait
 from typing import Any
 
 import numpy as np
@@ -39,17 +40,18 @@ SourceEntry = tuple[Any, str, float | None]
 
 
 def _worker_main(index: int, sources: list[SourceEntry], options: dict, results: Any, commands: Any) -> None:
-    """One worker: a `Pipeline` over its sources; results, then its stream ends, go to `results`."""
+    """One worker: a `Pipeline` over its sources; results, then its stream ends, go to `results` (the
+    sending end of this worker's own pipe: a worker that dies mid-message garbles only its own channel)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it sends "stop" to everyone
     try:
         pipeline = Pipeline(**options)
         for source, name, fps in sources:
             pipeline.add_source(source, name=name, fps=fps)
     except BaseException as exc:  # reported to the parent, which ends this worker's streams
-        results.put(("failed", index, f"{type(exc).__name__}: {exc}"))
-        results.put(("ended", index, []))
+        results.send(("failed", index, f"{type(exc).__name__}: {exc}"))
+        results.send(("ended", index, []))
         return
-    results.put(("ready", index, None))
+    results.send(("ready", index, None))
 
     def obey() -> None:  # commands arrive while the pipeline may be waiting for frames
         while True:
@@ -64,12 +66,13 @@ def _worker_main(index: int, sources: list[SourceEntry], options: dict, results:
     try:
         for result in pipeline.results():
             result.image = None  # drawn into this worker's videos already; only people travel
-            results.put(("result", index, result))
+            results.send(("result", index, result))
     except BaseException as exc:
-        results.put(("failed", index, f"{type(exc).__name__}: {exc}"))
+        results.send(("failed", index, f"{type(exc).__name__}: {exc}"))
     finally:
         pipeline.close()
-        results.put(("ended", index, pipeline.ended))
+        with contextlib.suppress(OSError):  # the parent stopped listening (it left its loop early)
+            results.send(("ended", index, pipeline.ended))
 
 
 class ProcessPipeline:
@@ -102,7 +105,7 @@ class ProcessPipeline:
         self._sources: list[SourceEntry] = []
         self._owner: dict[str, int] = {}
         self._jsonl = JsonlWriter(jsonl) if jsonl is not None else None
-        self._processes: list[Any] = []
+        self._processes: dict[int, Any] = {}
         self._commands: list[Any] = []
         self._started = self._closed = False
         self._stop = threading.Event()  # as Pipeline's: `video.stop_on_sigint` works with both
@@ -153,54 +156,62 @@ class ProcessPipeline:
             raise RtposeError("a ProcessPipeline runs once; create a new one")
         self._started = True
         context = mp.get_context("spawn")  # CUDA cannot be used in forked children
-        results = context.Queue(maxsize=256)
         used = min(self.workers, len(self._sources))
         assigned: list[list[SourceEntry]] = [[] for _ in range(used)]
         for entry in self._sources:
             assigned[self._owner[entry[1]]].append(entry)
         self._commands = [context.Queue() for _ in range(used)]
-        running: set[int] = set()
+        readers: dict[int, Any] = {}
 
         def start(index: int) -> None:
-            args = (index, assigned[index], self.options, results, self._commands[index])
+            reader, sender = context.Pipe(duplex=False)
+            args = (index, assigned[index], self.options, sender, self._commands[index])
             process = context.Process(
                 target=_worker_main, args=args, name=f"rtpose-worker-{index}", daemon=True
             )
             process.start()
-            self._processes.append(process)
-            running.add(index)
+            sender.close()  # the child has its copy: when it exits, this end reads EOF
+            self._processes[index] = process
+            readers[index] = reader
 
         try:
             if used:
                 start(0)  # alone first: it builds the engines the others then load from the cache
             waiting_first, deadline = used > 0, time.monotonic() + self.start_timeout
-            while running:
-                try:
-                    kind, index, payload = results.get(timeout=0.5)
-                except queue.Empty:
-                    self._reap(running, assigned)
-                    if waiting_first and time.monotonic() > deadline:
-                        raise RtposeError(
-                            f"the first worker did not start in {self.start_timeout:.0f} s"
-                        ) from None
-                    continue
-                if kind == "result":
-                    self._emit(payload)
-                    yield payload
-                elif kind == "ready" and waiting_first and index == 0:
-                    waiting_first = False
-                    for other in range(1, used):
-                        start(other)
-                elif kind == "failed":
-                    logger.error("worker %d failed: %s", index, payload)
-                    self._end_streams(assigned[index], payload)
-                    if waiting_first and index == 0:  # the others would fail the same way
+            while readers:
+                ready = wait(list(readers.values()), timeout=0.5)
+                if not ready and waiting_first and time.monotonic() > deadline:
+                    raise RtposeError(f"worker 0 did not start in {self.start_timeout:.0f} s")
+                for index in [i for i, reader in readers.items() if reader in ready]:
+                    try:
+                        kind, _, payload = readers[index].recv()
+                    except (EOFError, OSError, pickle.UnpicklingError):  # gone without saying "ended"
+                        process = self._processes[index]
+                        process.join(timeout=5)
+                        reason = f"worker process died (exit code {process.exitcode})"
+                        logger.error("worker %d: %s", index, reason)
+                        self._end_streams(assigned[index], reason)
+                        kind, payload = "lost", None
+                    if kind == "result":
+                        self._emit(payload)
+                        yield payload
+                    elif kind == "ready" and waiting_first and index == 0:
                         waiting_first = False
                         for other in range(1, used):
-                            self._end_streams(assigned[other], f"not started: worker 0 failed ({payload})")
-                elif kind == "ended":
-                    self.ended.extend(payload)
-                    running.discard(index)
+                            start(other)
+                    elif kind == "failed":
+                        logger.error("worker %d failed: %s", index, payload)
+                        self._end_streams(assigned[index], payload)
+                        if waiting_first and index == 0:  # the others would fail the same way
+                            waiting_first = False
+                            for other in range(1, used):
+                                self._end_streams(
+                                    assigned[other], f"not started: worker 0 failed ({payload})"
+                                )
+                    if kind == "ended":
+                        self.ended.extend(payload)
+                    if kind in ("ended", "lost"):
+                        readers.pop(index).close()
         finally:
             self.close()
 
@@ -220,7 +231,7 @@ class ProcessPipeline:
             return
         self._closed = True
         self.stop()
-        for process in self._processes:
+        for process in self._processes.values():
             process.join(timeout=10)
             if process.is_alive():
                 process.terminate()
@@ -244,12 +255,3 @@ class ProcessPipeline:
         for _, name, _ in entries:
             if name not in done:
                 self.ended.append(StreamEnd(name, "failed", self.rates[name].frames, error))
-
-    def _reap(self, running: set[int], assigned: list[list[SourceEntry]]) -> None:
-        """Workers that died without saying so (killed, crashed in native code): their streams end."""
-        for index in list(running):
-            process = self._processes[index] if index < len(self._processes) else None
-            if process is not None and not process.is_alive() and process.exitcode not in (None, 0):
-                logger.error("worker %d died (exit code %s)", index, process.exitcode)
-                self._end_streams(assigned[index], f"worker process died (exit code {process.exitcode})")
-                running.discard(index)
