@@ -212,7 +212,7 @@ class Detector:
                 self.max_det,
             )  # fmt: skip
             return [
-                (_unletterbox_torch(f.boxes, scale, image.shape[:2]), f.scores.to(torch.float32))
+                (unletterbox_torch(f.boxes, scale, image.shape[:2]), f.scores.to(torch.float32))
                 for f, scale, image in zip(found, scales, images, strict=True)
             ]
 
@@ -267,13 +267,14 @@ def make_step(owner: Any, factory: Any) -> Any:
         return None
 
 
-def _unletterbox_torch(boxes: Any, scale: tuple[float, float], image_hw: tuple[int, ...]) -> Any:
-    """`unletterbox_boxes_torch` with the scale as Python floats: same float64 arithmetic, no upload."""
+def unletterbox_torch(boxes: Any, scale: tuple[float, float], image_hw: tuple[int, ...]) -> Any:
+    """`unletterbox_boxes_torch` with the scale as Python floats: same float64 arithmetic, no upload.
+    Boxes (..., 4) x1y1x2y2 -> float32 image pixels (the graph step uses it on (B, K, 4) candidates)."""
     import torch
 
     out = boxes.to(torch.float64, copy=True)
-    out[:, 0::2] /= scale[0]
-    out[:, 1::2] /= scale[1]
-    out[:, 0::2] = out[:, 0::2].clamp(0, int(image_hw[1]))
-    out[:, 1::2] = out[:, 1::2].clamp(0, int(image_hw[0]))
+    out[..., 0::2] /= scale[0]
+    out[..., 1::2] /= scale[1]
+    out[..., 0::2] = out[..., 0::2].clamp(0, int(image_hw[1]))
+    out[..., 1::2] = out[..., 1::2].clamp(0, int(image_hw[0]))
     return out.to(torch.float32)

@@ -33,6 +33,7 @@ import torch
 from rtpose.engines.base import Engine
 from rtpose.errors import RtposeError
 from rtpose.models.spec import ModelSpec
+from rtpose.pipelines.detector import unletterbox_torch
 from rtpose.postprocess.detection import select_detections_fixed
 from rtpose.postprocess.pose_codecs import decode_pose
 from rtpose.preprocess.affine import boxes_to_affine_matrices, invert_affine_matrices, transform_points
@@ -231,13 +232,10 @@ class DetectStep:
                 outputs["scores"][:batch], outputs["boxes"][:batch], score_thr, iou_thr, pre_top_k, max_det,
                 candidates, rounds,
             )  # fmt: skip
-            # back to image pixels with the arithmetic of Detector._unletterbox_torch (float64)
-            boxes = found.boxes.to(torch.float64)
-            boxes[..., 0::2] = (boxes[..., 0::2] / scale[0]).clamp(0, width)
-            boxes[..., 1::2] = (boxes[..., 1::2] / scale[1]).clamp(0, height)
+            boxes = unletterbox_torch(found.boxes, scale, (height, width))  # as the op-by-op detector
             keep = found.keep.reshape(-1)
             target = torch.where(keep, torch.cumsum(keep, 0) - 1, slots)  # dropped candidates: spill row
-            self._slot_boxes.index_copy_(0, target, boxes.to(torch.float32).reshape(-1, 4))
+            self._slot_boxes.index_copy_(0, target, boxes.reshape(-1, 4))
             self._slot_scores.index_copy_(0, target, found.scores.reshape(-1).to(torch.float32))
             columns = found.keep.shape[1]
             images = torch.arange(batch, device=device).view(batch, 1).expand(batch, columns).reshape(-1)
@@ -246,10 +244,6 @@ class DetectStep:
             self._info[batch] = found.exact
 
         self._replay = _Replay(body, device)
-
-    def __call__(self, images: Sequence[Any]) -> PersonSlots | None:
-        self.frames.load(images)
-        return self.run()
 
     def run(self) -> PersonSlots | None:
         """The stage on the images loaded into the frame buffer already."""
@@ -274,7 +268,7 @@ class PoseStep:
         bbox_padding: float,
     ) -> None:
         device = frames.device
-        self.frames, self.bucket = frames, bucket
+        self.bucket = bucket
         input_size = spec.input_size
         mean, std = normalization_tensors(spec, device)
         pack = ImagePack.from_batch(frames.images)

@@ -379,12 +379,7 @@ class TopDown:
 
     def _box_set(self, boxes_xyxy: Any, scores: Any) -> tuple[Any, Any]:
         """Validated (boxes (M, 4), scores (M,)) of one image, in the processing's array kind."""
-        shape = tuple(np.shape(boxes_xyxy))
-        if not (len(shape) == 2 and shape[1] == 4) and shape not in ((0,), (0, 0)):
-            raise RtposeError(f"boxes must have shape (M, 4) as x1, y1, x2, y2; got {shape}")
-        count = shape[0]
-        if scores is not None and tuple(np.shape(scores)) != (count,):
-            raise RtposeError(f"got {count} boxes but scores of shape {tuple(np.shape(scores))}")
+        count = _box_count(boxes_xyxy, scores)
         if self.processing == "torch":
             import torch
 
@@ -479,18 +474,22 @@ class TopDown:
             return rows.cpu().numpy()  # the one device-to-host copy
 
 
+def _box_count(boxes_xyxy: Any, scores: Any) -> int:
+    """M of one image's boxes (M, 4) and scores (M,) or None; a clear error for any other shape."""
+    shape = tuple(np.shape(boxes_xyxy))
+    if not (len(shape) == 2 and shape[1] == 4) and shape not in ((0,), (0, 0)):
+        raise RtposeError(f"boxes must have shape (M, 4) as x1, y1, x2, y2; got {shape}")
+    count = shape[0]
+    if scores is not None and tuple(np.shape(scores)) != (count,):
+        raise RtposeError(f"got {count} boxes but scores of shape {tuple(np.shape(scores))}")
+    return count
+
+
 def _host_box_set(boxes_xyxy: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
     """Validated host (boxes (M, 4) float32, scores (M,) float32) of one image (scores default to 1)."""
-    boxes = np.asarray(boxes_xyxy, dtype=np.float32)
-    if not (boxes.ndim == 2 and boxes.shape[1] == 4) and boxes.shape not in ((0,), (0, 0)):
-        raise RtposeError(f"boxes must have shape (M, 4) as x1, y1, x2, y2; got {boxes.shape}")
-    boxes = boxes.reshape(-1, 4)
-    if scores is None:
-        return boxes, np.ones(len(boxes), np.float32)
-    scores = to_numpy(scores).astype(np.float32)
-    if scores.shape != (len(boxes),):
-        raise RtposeError(f"got {len(boxes)} boxes but scores of shape {scores.shape}")
-    return boxes, scores
+    count = _box_count(boxes_xyxy, scores)
+    boxes = np.asarray(boxes_xyxy, dtype=np.float32).reshape(count, 4)
+    return boxes, (np.ones(count, np.float32) if scores is None else to_numpy(scores).astype(np.float32))
 
 
 def _pack_rows(xp: Any, boxes: Any, scores: Any, keypoints: Any, keypoint_scores: Any) -> Any:
