@@ -288,8 +288,17 @@ def test_engine_outputs_match_eager_for_every_batch_size(engine_path: Path) -> N
 
 @pytest.mark.slow
 def test_cached_engine_is_reused_without_compiling(
-    concurrent_build: tuple[Path, list[tuple[str, bool, str]]], no_compile: list[int]
+    concurrent_build: tuple[Path, list[tuple[str, bool, str]]],
+    no_compile: list[int],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """... and without torch's CPU-ISA probe (it compiles test programs: 40 s per process on the H100)."""
+    import torch._inductor.cpu_vec_isa as cpu_vec_isa
+
+    def no_probe() -> None:
+        raise AssertionError("loading a cached engine probed the CPU ISA with the C++ compiler")
+
+    monkeypatch.setattr(cpu_vec_isa, "pick_vec_isa", no_probe)
     cache_dir, _ = concurrent_build
     build = ensure_engine(make_network(), TINY_SPEC, **_build_kwargs(cache_dir))
     assert not build.built and build.reason == "cached"

@@ -94,6 +94,31 @@ def test_graph_steps_give_the_eager_results(engines: dict, frames: list[np.ndarr
         torch.testing.assert_close(s, es, rtol=0, atol=0)
 
 
+def _every_other(i: int, boxes: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A `select` for predict_batch: the detections 0, 2, 4, ... of image i, all of image 0."""
+    assert boxes.dtype == np.float32 and boxes.shape == (len(scores), 4)
+    return (boxes, scores) if i == 0 else (boxes[::2], scores[::2])
+
+
+@pytest.mark.parametrize("graphs", [False, True])
+def test_select_poses_the_chosen_detections_only(
+    engines: dict, frames: list[np.ndarray], graphs: bool
+) -> None:
+    """predict_batch(select=...) (the video pipeline's detector frames) = detection, then the pose model
+    on the chosen boxes alone, with the frames loaded once."""
+    eager, pipeline = _pipeline(engines, graphs=False), _pipeline(engines, graphs=graphs)
+    everyone = eager.predict_batch(frames)
+    chosen = [image if i == 0 else image[::2] for i, image in enumerate(everyone)]
+    boxes = [np.stack([p.bbox for p in image]) for image in chosen]
+    scores = [np.array([p.score for p in image], np.float32) for image in chosen]
+    expected = _json(eager.predict_on_boxes_batch(frames, boxes, scores))
+    for _ in range(2):  # with graphs: the second call goes through the steps
+        assert _json(pipeline.predict_batch(frames, select=_every_other)) == expected
+    assert sum(map(len, chosen)) < sum(map(len, everyone))
+    if graphs:
+        assert _graph_steps(pipeline)[0] == 1 and pipeline._frames is None  # the detector's frames served
+
+
 def test_more_persons_than_the_largest_bucket_run_in_chunks(
     engines: dict, frames: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -172,6 +197,8 @@ def test_cuda_graph_steps_match_the_eager_path(rtpose_env: dict, random_rtmpose_
     errors = np.concatenate([np.abs(a.keypoints - b.keypoints).max(-1) for a, b in pairs])
     print(f"graphs vs eager on CUDA: {(errors <= 1).mean():.2%} within 1 px, max {errors.max():.3g} px")
     assert (errors <= 1.0).mean() >= 0.97
+    chosen = steps.predict_batch(images, select=_every_other)  # detector frames reused for the pose step
+    assert [len(p) for p in chosen] == [len(got[0]), (len(got[1]) + 1) // 2]
     for _ in range(3):  # replays give fresh results, not the first call's
         assert _json(steps.predict_batch(images[::-1])) == _json(steps.predict_batch(images[::-1]))
     assert len(steps.predict_batch(images[::-1])[0]) == len(got[1])

@@ -144,3 +144,36 @@ def test_shortcuts_give_the_results_of_the_pairwise_paths(
     monkeypatch.setattr(matching, "_min_cost_rows_to_columns", matching._shortest_augmenting_paths)
     assert track(frames) == fast
     assert any(ids for ids in fast[::2])
+
+
+def test_usable_keeps_high_scores_and_low_scores_near_tracked_people() -> None:
+    tracker = ByteTracker()
+    boxes = np.array([[0, 0, 40, 100], [300, 0, 340, 100], [2, 1, 42, 101], [500, 0, 540, 100]], np.float32)
+    scores = np.array([0.9, 0.3, 0.3, 0.1])
+    assert tracker.usable(boxes, scores).tolist() == [True, False, False, False]  # no track yet
+    tracker.update([_person(0, 0)])
+    # low 0.3 over the tracked person: usable; low 0.3 elsewhere, or below low_thr: not
+    assert tracker.usable(boxes, scores).tolist() == [True, False, True, False]
+    assert tracker.usable(np.zeros((0, 4)), np.zeros(0)).tolist() == []
+
+
+def test_usable_is_a_superset_of_what_update_reports() -> None:
+    """Random walkers with random scores: every person `update` reports was marked usable before it, so
+    leaving the others out (no pose computed) reports the same people."""
+    rng = np.random.default_rng(3)
+    full, filtered = ByteTracker(), ByteTracker()
+    positions = rng.uniform(0, 600, size=(12, 2))
+    low_kept = low_dropped = 0
+    for _ in range(80):
+        positions += rng.normal(0, 6, positions.shape)
+        scores = rng.uniform(0, 1, 12)
+        people = [_person(x, y, score=float(s)) for (x, y), s in zip(positions, scores, strict=True)]
+        boxes = np.array([p.bbox for p in people])
+        usable = filtered.usable(boxes, np.array([p.score for p in people]))
+        reported = full.update(people)
+        kept = filtered.update([p for p, u in zip(people, usable, strict=True) if u])
+        low = np.array([filtered.config.low_thr <= p.score < filtered.config.high_thr for p in people])
+        low_kept, low_dropped = low_kept + int((usable & low).sum()), low_dropped + int((~usable & low).sum())
+        as_rows = lambda found: [(p.track_id, tuple(p.bbox.tolist())) for p in found]  # noqa: E731
+        assert as_rows(kept) == as_rows(reported)
+    assert low_kept > 20 and low_dropped > 20  # the filter did decide both ways

@@ -218,3 +218,31 @@ def test_gpu_pipeline_matches_cpu_reference(data_dir: Path, rtpose_env: dict) ->
         np.testing.assert_allclose(
             np.stack([p.keypoints for p in gpu.people]), np.stack([p.keypoints for p in cpu.people]), atol=2.0
         )
+
+
+def test_poses_only_for_detections_the_tracker_can_use(
+    data_dir: Path, rtpose_env: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real detector and MoveNet on the street video: leaving out the low-score boxes no track can take
+    (most of them here) gives exactly the results of posing every box."""
+    from rtpose.tracking.temporal import StreamTemporalState
+
+    with av.open(str(data_dir / "video" / "openpose_video.avi")) as container:
+        decoded = zip(range(20), container.decode(video=0), strict=False)
+        frames = [f.to_ndarray(format="bgr24") for _, f in decoded]
+    filtering = StreamTemporalState.pose_candidates
+    posed: dict[bool, list[int]] = {True: [], False: []}
+
+    def run(filtered: bool) -> list[dict]:
+        def candidates(self: StreamTemporalState, boxes: np.ndarray, scores: np.ndarray):
+            chosen = filtering(self, boxes, scores) if filtered else (boxes, scores)
+            posed[filtered].append(len(chosen[0]))
+            return chosen
+
+        monkeypatch.setattr(StreamTemporalState, "pose_candidates", candidates)
+        with Pipeline("movenet-lightning", "rtmdet-nano", det_interval=1) as pipe:
+            pipe.add_source(list(frames), name="street", fps=50)
+            return [result.to_json() for result in pipe]
+
+    assert run(True) == run(False)
+    assert sum(posed[True]) < 0.6 * sum(posed[False])  # far fewer pose crops for the same results

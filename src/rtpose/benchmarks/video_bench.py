@@ -56,8 +56,8 @@ def throughput(
     workers: int = 1,
     **kw: Any,
 ) -> dict:
-    """frames/s of `streams` looped copies of `video`, `frames` each, JSONL written to a temporary file;
-    the first `warmup` frames of every stream are not timed (see `_timed`). workers > 1: the streams are
+    """Steady-state frames/s of `streams` looped copies of `video` (`frames` timed per stream after
+    `warmup` per stream, see `_timed`), JSONL written to a temporary file. workers > 1: the streams are
     spread over that many processes (`ProcessPipeline`)."""
     with tempfile.TemporaryDirectory(prefix="rtpose-video-bench-") as tmp:
         jsonl = Path(tmp) / "poses.jsonl"
@@ -73,28 +73,36 @@ def throughput(
 
 
 def _timed(pipeline: Any, video: Path, streams: int, frames: int, warmup: int = 0) -> dict:
-    """Run until every stream gave `warmup + frames` results; time the results after the first
-    `warmup * streams` (model load, and with CUDA-graph stages the first capture of each batch shape and
-    person-count bucket, happen there: steady state is what the rate says)."""
+    """Steady-state frames/s: the looped streams run until every one of them has given `warmup` results
+    (model loading, worker start-up and the CUDA-graph captures of each batch shape and person bucket
+    happen there), then `frames * streams` results are timed with every stream running, then the
+    pipeline is left (which closes it). `warm_s` says how long the warm-up took."""
     names = [pipeline.add_source(video, name=f"s{i}") for i in range(streams)]
     counts = dict.fromkeys(names, 0)
-    latencies = []
-    start, seen, untimed = None, 0, warmup * streams
+    cold = set(names) if warmup > 0 else set()
+    latencies: list[float] = []
+    began = time.perf_counter()
+    start: float | None = None if cold else began
+    timed, wanted = 0, frames * streams
     for result in pipeline:
-        seen += 1
-        if seen == untimed + 1:
-            start = time.perf_counter()  # the clock starts at the first timed result
         counts[result.stream] += 1
-        if seen > untimed:
-            latencies.append(result.latency)
-        if counts[result.stream] == frames + warmup:
-            pipeline.remove_source(result.stream)
-    elapsed = time.perf_counter() - (start or time.perf_counter())
-    timed = max(seen - untimed - 1, 0)  # intervals between the timed results
+        if start is None:
+            if counts[result.stream] >= warmup:
+                cold.discard(result.stream)
+            if not cold:
+                start = time.perf_counter()  # the clock starts once every stream is warm
+            continue
+        timed += 1
+        latencies.append(result.latency)
+        if timed == wanted:
+            break
+    end = time.perf_counter()
+    elapsed = end - start if start is not None else 0.0
     latency = round(1000 * float(np.median(latencies)), 1) if latencies else None
-    return {"streams": streams, "frames": seen - untimed, "warmup_frames": untimed,
-            "seconds": round(elapsed, 2), "fps_total": round(timed / elapsed, 2) if elapsed else None,
-            "fps_per_stream": round(timed / elapsed / streams, 2) if elapsed else None,
+    fps = round(timed / elapsed, 2) if elapsed > 0 else None
+    return {"streams": streams, "frames": timed, "warm_s": round((start or end) - began, 2),
+            "seconds": round(elapsed, 2), "fps_total": fps,
+            "fps_per_stream": round(fps / streams, 2) if fps else None,
             "latency_ms_median": latency}  # fmt: skip
 
 

@@ -28,6 +28,9 @@ import copy
 import functools
 import hashlib
 import inspect
+import platform
+import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -439,6 +442,37 @@ def _run_onnxruntime_once() -> None:
         return
 
 
+_load_lock = threading.Lock()
+
+
+@contextmanager
+def _without_cpu_isa_probe() -> Iterator[None]:
+    """`aoti_load_package` without its host CPU vector-ISA probe.
+
+    Loading compares the host with the package's build host, for an advisory warning only, and to name
+    the host's CPU ISA it compiles and runs test programs with the C++ compiler (pytorch/pytorch#191715):
+    40 s in every fresh process on the H100 host, paid again by every worker of a ProcessPipeline.
+    Our cache key already ties a package to its GPU, CPU and versions, so while loading, the host is
+    described by its platform and machine alone (the fields that cost nothing).
+    """
+    from torch._inductor import codecache
+
+    original = getattr(codecache, "get_device_information", None)
+    if original is None:  # another torch: nothing to leave out
+        yield
+        return
+
+    def cheap_device_information(device_type: str) -> dict[str, str]:
+        return {"AOTI_PLATFORM": sys.platform, "AOTI_MACHINE": platform.machine()}
+
+    with _load_lock:  # the module attribute is swapped for the duration of one load
+        codecache.get_device_information = cheap_device_information
+        try:
+            yield
+        finally:
+            codecache.get_device_information = original
+
+
 def _load_runner(path: Path, single_threaded: bool) -> Any:
     loader = torch._inductor.aoti_load_package
     kwargs: dict[str, Any] = {}
@@ -446,7 +480,8 @@ def _load_runner(path: Path, single_threaded: bool) -> Any:
         kwargs["run_single_threaded"] = single_threaded
     elif single_threaded:
         raise EngineError("this torch version cannot run AOTInductor packages inside CUDA graphs")
-    return loader(str(path), **kwargs)
+    with _without_cpu_isa_probe():
+        return loader(str(path), **kwargs)
 
 
 class CompiledEngine(Engine):

@@ -39,11 +39,24 @@ logger = logging.getLogger("rtpose.video")
 SourceEntry = tuple[Any, str, float | None]
 
 
-def _worker_main(index: int, sources: list[SourceEntry], options: dict, results: Any, commands: Any) -> None:
+def _limit_threads(threads: int) -> None:
+    """Thread pools of the CPU libraries of one worker: each would size itself to every core of the
+    machine, and N workers with one pool per core each oversubscribe the CPU N times."""
+    import cv2
+    import torch
+
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
+
+
+def _worker_main(
+    index: int, sources: list[SourceEntry], options: dict, threads: int, results: Any, commands: Any
+) -> None:
     """One worker: a `Pipeline` over its sources; results, then its stream ends, go to `results` (the
     sending end of this worker's own pipe: a worker that dies mid-message garbles only its own channel)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it sends "stop" to everyone
     try:
+        _limit_threads(threads)
         pipeline = Pipeline(**options)
         for source, name, fps in sources:
             pipeline.add_source(source, name=name, fps=fps)
@@ -79,7 +92,8 @@ class ProcessPipeline:
     """`Pipeline` with its streams spread over `workers` processes (see the module docstring).
 
     Takes the options of `Pipeline` (except `model`, which cannot travel to a process); `jsonl` is
-    written by this process, `out_dir` by the workers (one MP4 per stream either way).
+    written by this process, `out_dir` by the workers (one MP4 per stream either way). threads: size of
+    each worker's torch and OpenCV thread pools (default: the machine's cores shared among the workers).
     """
 
     def __init__(
@@ -91,10 +105,14 @@ class ProcessPipeline:
         jsonl: str | os.PathLike[str] | None = None,
         sources: Iterable[str | os.PathLike[str]] = (),
         start_timeout: float = 900.0,
+        threads: int | None = None,
         **options: Any,
     ) -> None:
         if workers < 1:
             raise RtposeError(f"workers must be at least 1, not {workers}")
+        if threads is not None and threads < 1:
+            raise RtposeError(f"threads must be at least 1, not {threads}")
+        self.threads = threads or max(1, (os.cpu_count() or 1) // workers)
         if "model" in options:
             raise RtposeError("ProcessPipeline builds its models in the workers; it takes no model=")
         self.workers = int(workers)
@@ -165,7 +183,7 @@ class ProcessPipeline:
 
         def start(index: int) -> None:
             reader, sender = context.Pipe(duplex=False)
-            args = (index, assigned[index], self.options, sender, self._commands[index])
+            args = (index, assigned[index], self.options, self.threads, sender, self._commands[index])
             process = context.Process(
                 target=_worker_main, args=args, name=f"rtpose-worker-{index}", daemon=True
             )

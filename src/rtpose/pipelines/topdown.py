@@ -32,7 +32,7 @@ milliseconds of each stage of the last call; without it the pipeline never synch
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,9 @@ __all__ = ["Detector", "TopDown"]
 
 #: inputs `predict_batch` decodes itself
 ENCODED_TYPES = (bytes, bytearray, memoryview)
+
+#: `predict_batch(select=...)`: (image index, boxes (M, 4), scores (M,)) -> the boxes to pose, and scores
+SelectBoxes = Callable[[int, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 class TopDown:
@@ -169,17 +172,23 @@ class TopDown:
         """Every person in a `(H, W, 3) uint8` BGR image (array or tensor) or in encoded image bytes."""
         return self.predict_batch([image])[0]
 
-    def predict_batch(self, images: Sequence[Any]) -> list[list[Person]]:
+    def predict_batch(
+        self, images: Sequence[Any], *, select: SelectBoxes | None = None
+    ) -> list[list[Person]]:
         """Every person in every image: the detector runs once on all images, the pose model on all
         persons of all images (chunks of `max_batch`). Images: `(H, W, 3) uint8` BGR NumPy arrays or
-        torch tensors, or encoded image bytes (decoded on the GPU where the pipeline runs on CUDA)."""
+        torch tensors, or encoded image bytes (decoded on the GPU where the pipeline runs on CUDA).
+
+        select: `select(i, boxes, scores) -> (boxes, scores)` chooses which detections of image i get a
+        pose (host float32 arrays, best first), e.g. those a tracker can use; the images are uploaded
+        once for both models."""
         if self.detector is None:
             raise RtposeError("this TopDown pipeline has no detector (det=None): use predict_on_boxes")
         if isinstance(images, np.ndarray | bytes) or is_torch(images):
             raise RtposeError("predict_batch takes a list of images; call the pipeline for one image")
         self._timer.start()
         prepared = self._prepare_all(list(images))
-        return self._predict_prepared(prepared)
+        return self._predict_prepared(prepared, select)
 
     def predict_on_boxes(self, image: Any, boxes_xyxy: Any, scores: Any = None) -> list[Person]:
         """Keypoints for given person boxes (M, 4) x1y1x2y2 in image pixels; scores (M,) default to 1."""
@@ -246,18 +255,23 @@ class TopDown:
             prepared = self._to_processing([check_image(image) for image in images])
         return self._predict_prepared(prepared)
 
-    def _predict_prepared(self, images: list[Any]) -> list[list[Person]]:
+    def _predict_prepared(self, images: list[Any], select: SelectBoxes | None = None) -> list[list[Person]]:
         assert self.detector is not None
-        people = self._predict_graphed(images) if self.graphs else None
+        people = self._predict_graphed(images, select) if self.graphs else None
         if people is not None:
             self.last_timings = self._timer.snapshot()
             return people
         found = self.detector.detect_batch(images, self._timer, graph=not self.graphs)  # tried above
+        if select is not None:
+            found = [
+                self._box_set(*select(i, *_host_box_set(to_numpy(b), to_numpy(s))))
+                for i, (b, s) in enumerate(found)
+            ]
         people = self._pose(images, found)
         self.last_timings = self._timer.snapshot()
         return people
 
-    def _predict_graphed(self, images: list[Any]) -> list[list[Person]] | None:
+    def _predict_graphed(self, images: list[Any], select: SelectBoxes | None) -> list[list[Person]] | None:
         """Detector and pose stages as graph replays (None: the eager path must answer this call)."""
         assert self.detector is not None
         detect = self.detector.graph_step(images)
@@ -272,7 +286,19 @@ class TopDown:
             n = slots.total
             if n == 0:
                 return [[] for _ in images]
-            rows = self._pose_rows(detect.frames, slots.boxes[:n], slots.scores[:n], slots.image_index[:n])
+            if select is None:
+                boxes, scores, index = slots.boxes[:n], slots.scores[:n], slots.image_index[:n]
+                rows = self._pose_rows(detect.frames, boxes, scores, index)
+            else:  # the boxes come to the host to be chosen; the images stay loaded for the pose step
+                ends = np.cumsum(slots.counts)[:-1]
+                per_image = zip(
+                    np.split(slots.boxes[:n].cpu().numpy(), ends),
+                    np.split(slots.scores[:n].cpu().numpy(), ends),
+                    strict=True,
+                )
+                chosen = [_host_box_set(*select(i, b, s)) for i, (b, s) in enumerate(per_image)]
+        if select is not None:
+            return self._pose_graphed_host_boxes(detect.frames, chosen)
         if rows is None:
             return None
         with self._timer.stage("post"):
@@ -311,14 +337,12 @@ class TopDown:
     ) -> list[list[Person]] | None:
         """`predict_on_boxes_batch` through pose-step replays, for host boxes on images of one size."""
         from rtpose.pipelines import graphed
-        from rtpose.preprocess.device_batch import to_device_async
 
         key = graphed.uniform_key(images)
         if key is None or any(is_torch(b) for b in boxes):
             return None
         box_sets = [_host_box_set(b, s) for b, s in zip(boxes, scores, strict=True)]
-        counts = [len(b) for b, _ in box_sets]
-        if sum(counts) == 0:
+        if sum(len(b) for b, _ in box_sets) == 0:
             return [[] for _ in images]
         if self._frames is None:
             self._frames = graphed.StepCache()
@@ -327,6 +351,18 @@ class TopDown:
             return None
         with self._timer.stage("pre"):
             frames.load(images)
+        return self._pose_graphed_host_boxes(frames, box_sets)
+
+    def _pose_graphed_host_boxes(
+        self, frames: Any, box_sets: list[tuple[np.ndarray, np.ndarray]]
+    ) -> list[list[Person]] | None:
+        """Pose-step replays on the images loaded in `frames` for host (boxes, scores) per image."""
+        from rtpose.preprocess.device_batch import to_device_async
+
+        counts = [len(b) for b, _ in box_sets]
+        if sum(counts) == 0:
+            return [[] for _ in box_sets]
+        with self._timer.stage("pre"):
             table = np.zeros((sum(counts), 6), np.float32)  # box, score, image index: one upload
             table[:, :4] = np.concatenate([b for b, _ in box_sets])
             table[:, 4] = np.concatenate([s for _, s in box_sets])

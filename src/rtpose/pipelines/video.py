@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -40,13 +40,18 @@ from rtpose.tracking.one_euro import OneEuroParams
 from rtpose.tracking.temporal import StreamTemporalState, TemporalConfig
 from rtpose.types import Person
 
+if TYPE_CHECKING:
+    from rtpose.pipelines.topdown import SelectBoxes
+
 logger = logging.getLogger("rtpose.video")
 
 BoxesAndScores = tuple[np.ndarray, np.ndarray]
 
 
 class FramePoseModel(Protocol):
-    """What the video pipeline needs from a top-down model: batched over the frames of one step."""
+    """What the video pipeline needs from a top-down model: batched over the frames of one step. A model
+    may also offer `detect_and_pose(images, select)` (see `TopDownFrameModel`) for steps where every
+    frame needs the detector."""
 
     def detect(self, images: list[np.ndarray]) -> list[BoxesAndScores]:
         """Person boxes (M, 4) x1y1x2y2 and scores (M,) of every image."""
@@ -77,6 +82,11 @@ class TopDownFrameModel:
         batched = getattr(self.topdown.detector, "detect_batch", None)
         found = batched(images) if batched is not None else [self.topdown.detector.detect(i) for i in images]
         return [(to_numpy(b).astype(np.float32), to_numpy(s).astype(np.float32)) for b, s in found]
+
+    def detect_and_pose(self, images: list[np.ndarray], select: SelectBoxes) -> list[list[Person]]:
+        """Both stages on frames that all need the detector: `select` chooses the boxes to pose, and
+        the frames are uploaded once for both models."""
+        return self.topdown.predict_batch(images, select=select)
 
     def pose(
         self, images: list[np.ndarray], boxes: list[np.ndarray], scores: list[np.ndarray]
@@ -294,7 +304,7 @@ class Pipeline:
                 state = self._states[frame.stream] = StreamTemporalState(self.temporal)
             plans.append(state.plan(frame.image.shape[:2]))
         try:
-            people = self._run_model([f.image for f in frames], plans)
+            people = self._run_model(frames, plans)
         except Exception as exc:  # find the frame at fault: run each alone, so the others still get results
             if len(frames) == 1:
                 return [self._failed(frames[0], exc)]
@@ -308,12 +318,17 @@ class Pipeline:
                                        now - frame.decoded_at, plan is None))  # fmt: skip
         return results
 
-    def _run_model(self, images: list[np.ndarray], plans: list[BoxesAndScores | None]) -> list[list[Person]]:
+    def _run_model(self, frames: list[Frame], plans: list[BoxesAndScores | None]) -> list[list[Person]]:
+        images = [f.image for f in frames]
+        states = [self._states[f.stream] for f in frames]
+        both = getattr(self.model, "detect_and_pose", None)
+        if both is not None and all(plan is None for plan in plans):
+            return both(images, lambda i, boxes, scores: states[i].pose_candidates(boxes, scores))
         to_detect = [i for i, plan in enumerate(plans) if plan is None]
         boxes: list[BoxesAndScores | None] = list(plans)
         if to_detect:
             for i, found in zip(to_detect, self.model.detect([images[i] for i in to_detect]), strict=True):
-                boxes[i] = found
+                boxes[i] = states[i].pose_candidates(*found)
         chosen = [b for b in boxes if b is not None]
         return self.model.pose(images, [b[0] for b in chosen], [b[1] for b in chosen])
 

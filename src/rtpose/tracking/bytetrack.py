@@ -149,6 +149,24 @@ class ByteTracker:
         ]  # fmt: skip
         return [with_track_id(people[i], assigned[i].track_id) for i in sorted(assigned)]
 
+    def usable(self, boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """Which detections of the next frame `update` can use, as a boolean mask: every high-score one,
+        and the low-score ones that overlap the predicted box of a tracked track enough for the
+        low-score match (step 3 of the module docstring, taken over all tracked tracks, so a superset).
+        The others are never reported: a pipeline need not compute their poses."""
+        cfg = self.config
+        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+        usable = scores >= cfg.high_thr
+        low = np.flatnonzero((scores >= cfg.low_thr) & ~usable)
+        tracked = [t for t in self.tracks if t.state == TrackState.TRACKED]
+        if len(low) == 0 or not tracked:
+            return usable
+        predicted = np.array([t.mean for t in tracked]) @ self.kalman.transition.T  # as `_predict` does
+        similarity = iou_matrix(np.asarray(boxes, dtype=np.float64).reshape(-1, 4)[low],
+                                xyah_to_xyxy(predicted[:, :4]))  # fmt: skip
+        usable[low] = (1.0 - similarity.max(axis=1)) <= cfg.low_match_cost + 1e-9
+        return usable
+
     # -- internals --------------------------------------------------------------------------------
     def _take_id(self) -> int:
         self._next_id += 1

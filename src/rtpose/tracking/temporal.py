@@ -5,7 +5,8 @@ The model calls themselves are made by the pipeline (batched across streams); th
 stream's state between its frames:
 
     boxes = state.plan(image_size)        # None: run the detector on this frame
-    people = <pose model on the detector's or these boxes>
+    boxes = state.pose_candidates(<detector boxes, scores>)   # on detector frames
+    people = <pose model on these boxes>
     people = state.finish(people, time_s, detected=boxes is None)
 
 Between detection frames (every `det_interval` frames) the boxes come from the previous frame's
@@ -111,6 +112,15 @@ class StreamTemporalState:
         if len(boxes) == 0 and cfg.detect_when_empty:
             return None
         return boxes, scores
+
+    def pose_candidates(self, boxes: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The detections of this stream's next frame worth a pose. With tracking, those the tracker can
+        use (`ByteTracker.usable`): a low-score box far from every tracked person would be dropped after
+        its pose was computed (on the street video about half the boxes). Without tracking, all."""
+        if self.tracker is None or len(boxes) == 0:
+            return boxes, scores
+        keep = self.tracker.usable(boxes, scores)
+        return boxes[keep], scores[keep]
 
     def finish(self, people: list[Person], time_s: float, *, detected: bool) -> list[Person]:
         """Post-process the poses of this stream's next frame; returns the people to report."""
