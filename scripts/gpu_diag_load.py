@@ -49,6 +49,11 @@ def main() -> int:
     done = "print('loaded', flush=True);"
     variants = {
         "raw_load": f"import torch; {mark} {load} {done} {RUN}",
+        # as raw_load, without torch's CPU-ISA compiler probe (what CompiledEngine does): no warm-up at all
+        "no_isa_probe": (
+            "import torch; from rtpose.engines.compiled import _without_cpu_isa_probe as quiet;"
+            f" {mark}\nwith quiet(): {load}\n{done} {RUN}"
+        ),
         "conv_first": f"import torch; {WARM} {mark} {load} {done} {RUN}",
         "onnxruntime_first": f"import onnxruntime, torch; {mark} {load} {done} {RUN}",
         "onnxruntime_and_conv_first": f"import onnxruntime, torch; {WARM} {mark} {load} {done} {RUN}",
@@ -67,7 +72,7 @@ def main() -> int:
     for name, code in variants.items():
         try:
             command = [sys.executable, "-X", "faulthandler", "-c", code]
-            result = subprocess.run(command, capture_output=True, text=True, timeout=45)
+            result = subprocess.run(command, capture_output=True, text=True, timeout=90)
             print(f"DIAG {name}: exit {result.returncode}", result.stdout.strip()[-200:].replace("\n", " | "),
                   flush=True)  # fmt: skip
             if result.returncode != 0:

@@ -187,7 +187,8 @@ class TopDown:
         if isinstance(images, np.ndarray | bytes) or is_torch(images):
             raise RtposeError("predict_batch takes a list of images; call the pipeline for one image")
         self._timer.start()
-        prepared = self._prepare_all(list(images))
+        # with graph steps, host images go straight into the step's frame buffer (one pinned copy)
+        prepared = self._prepare_all(list(images), upload=not self.graphs)
         return self._predict_prepared(prepared, select)
 
     def predict_on_boxes(self, image: Any, boxes_xyxy: Any, scores: Any = None) -> list[Person]:
@@ -261,6 +262,9 @@ class TopDown:
         if people is not None:
             self.last_timings = self._timer.snapshot()
             return people
+        if self.graphs:  # the steps could not answer: images where the op-by-op path wants them
+            with self._timer.stage("pre"):
+                images = self._to_processing(images)
         found = self.detector.detect_batch(images, self._timer, graph=not self.graphs)  # tried above
         if select is not None:
             found = [
@@ -375,8 +379,9 @@ class TopDown:
         with self._timer.stage("post"):
             return _people_from_rows(rows, counts)
 
-    def _prepare_all(self, items: list[Any]) -> list[Any]:
-        """Decode encoded items, check the others, and move everything to where processing runs."""
+    def _prepare_all(self, items: list[Any], upload: bool = True) -> list[Any]:
+        """Decode encoded items, check the others, and move everything to where processing runs (with
+        upload=False, host images stay on the host)."""
         encoded = [i for i, item in enumerate(items) if isinstance(item, ENCODED_TYPES)]
         for item in items:
             if isinstance(item, str | Path):
@@ -394,6 +399,8 @@ class TopDown:
                     images = [decode_image(bytes(items[i])) for i in encoded]
             decoded = dict(zip(encoded, images, strict=True))
         checked = [decoded[i] if i in decoded else check_image(item) for i, item in enumerate(items)]
+        if not upload:
+            return checked
         with self._timer.stage("pre"):
             return self._to_processing(checked)
 
