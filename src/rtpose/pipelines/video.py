@@ -8,7 +8,8 @@
 
 Per step, the frames waiting in the sources (at most one per stream, up to `batch_size` streams) form
 one batch: the detector runs on those frames that need it this step (every `det_interval` frames of a
-stream), then the pose model runs on every person box of every frame of the batch. Each stream's own
+stream), then the pose model runs on the person boxes of every frame of the batch (with tracking, only
+the detections the tracker can use: `StreamTemporalState.pose_candidates`). Each stream's own
 `StreamTemporalState` then applies pose NMS, tracking and smoothing (`rtpose.tracking.temporal`).
 Sources can be added and removed while iterating; one failing stream is logged and reported in
 `pipeline.ended`, the others go on. Leaving the loop in any way (end, `break`, Ctrl-C, an exception)
