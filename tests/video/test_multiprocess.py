@@ -144,3 +144,24 @@ def test_a_killed_worker_ends_its_streams_and_the_others_finish(
     ends = {e.stream: e for e in spread.ended}
     assert ends["healthy"].reason == "finished" and seen["healthy"] == 6
     assert ends["doomed"].reason == "failed" and "died" in ends["doomed"].error
+
+
+def test_worker_thread_pools_share_the_cores() -> None:
+    import cv2
+    import torch
+
+    from rtpose.pipelines import multiprocess
+
+    cores = os.cpu_count() or 1
+    assert ProcessPipeline(workers=2).threads == max(1, cores // 2)
+    assert ProcessPipeline(workers=cores * 4).threads == 1
+    assert ProcessPipeline(workers=2, threads=3).threads == 3
+    with pytest.raises(RtposeError, match="threads must be at least 1"):
+        ProcessPipeline(workers=2, threads=0)
+    before = torch.get_num_threads(), cv2.getNumThreads()
+    try:
+        multiprocess._limit_threads(1)  # what each worker runs first
+        assert torch.get_num_threads() == 1 and cv2.getNumThreads() == 1
+    finally:
+        torch.set_num_threads(before[0])
+        cv2.setNumThreads(before[1])
