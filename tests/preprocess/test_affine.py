@@ -202,6 +202,18 @@ def test_normalize_torch_matches_numpy_both_orders() -> None:
     assert np.array_equal(rgb[:, 0], batch[..., 2].astype(np.float32))  # first network channel is R
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64])
+def test_normalize_numpy_is_exactly_the_textbook_formula(dtype: type) -> None:
+    """Plane by plane into NCHW gives the very floats of convert, reverse, subtract, divide, transpose."""
+    batch = np.random.default_rng(5).integers(0, 256, (2, 7, 6, 3)).astype(dtype)
+    for order in ("RGB", "BGR"):
+        channels = batch[..., ::-1] if order == "RGB" else batch
+        textbook = (channels.astype(np.float32) - np.float32(RTMPOSE_MEAN)) / np.float32(RTMPOSE_STD)
+        out = normalize_numpy(batch, RTMPOSE_MEAN, RTMPOSE_STD, order)
+        assert out.dtype == np.float32 and out.flags.c_contiguous
+        assert np.array_equal(out, textbook.transpose(0, 3, 1, 2))
+
+
 def test_bad_shapes_raise_clear_errors() -> None:
     with pytest.raises(RtposeError, match=r"boxes must have shape \(N, 4\)"):
         bbox_xyxy_to_center_scale(np.zeros((3, 5)))
