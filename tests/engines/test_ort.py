@@ -58,3 +58,22 @@ def test_missing_corrupt_file_and_unknown_provider(tmp_path: Path, tiny_onnx) ->
         OrtEngine(garbage)
     with pytest.raises(EngineError, match="not available"):
         OrtEngine(tiny_onnx[0], providers=("NoSuchExecutionProvider",))
+
+
+def test_idle_threads_spin_unless_asked_not_to(tiny_onnx) -> None:
+    from rtpose.engines.ort import spinning
+
+    path, _ = tiny_onnx
+
+    def spins(engine: OrtEngine) -> str:
+        options = engine.session.get_session_options()
+        return options.get_session_config_entry("session.intra_op.allow_spinning")
+
+    assert spins(OrtEngine(path)) == "1"  # ONNX Runtime's default
+    assert spins(OrtEngine(path, spin=False)) == "0"
+    with spinning(False):
+        quiet = OrtEngine(path)
+        assert spins(OrtEngine(path, spin=True)) == "1"  # an explicit choice wins
+    assert spins(quiet) == "0" and spins(OrtEngine(path)) == "1"  # the block ended
+    x = np.zeros((1, 3, 32, 24), np.float32)
+    np.testing.assert_array_equal(quiet(x)["simcc_x"], OrtEngine(path)(x)["simcc_x"])

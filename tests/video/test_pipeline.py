@@ -182,6 +182,10 @@ def test_real_detector_and_rtmpose_on_street_video(
     with Pipeline("rtmpose-t", "rtmdet-nano", pose_weights=weights, det_interval=2) as pipe:
         pipe.add_source(frames, name="street", fps=50)
         results = list(pipe)
+    topdown = pipe.model.topdown  # type: ignore[attr-defined]
+    for engine in (topdown.pose_engine, topdown.detector.engine):  # decoder threads need the cores
+        options = engine.session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert [r.frame for r in results] == [0, 1, 2, 3] and [r.detected for r in results] == [
         True,
         False,

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +28,30 @@ def to_numpy_batch(batch: Any) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
+_SPIN: ContextVar[bool] = ContextVar("rtpose_ort_spin", default=True)
+
+
+@contextmanager
+def spinning(enabled: bool) -> Iterator[None]:
+    """Whether the `OrtEngine`s made inside the block let their idle threads busy-wait for the next
+    parallel section (ONNX Runtime's default, and ours outside such a block).
+
+    Spinning makes isolated calls faster (on our 2 cores RTMDet-nano 6 vs 9 ms, RTMPose-m batch 1 21.5
+    vs 25 ms) but takes the cores from whatever runs between the calls: the video pipeline, whose
+    decoder threads and Python work share them, makes its engines here with spinning off (5-15% more
+    frames/s on 2 cores; docs/benchmarks.md)."""
+    token = _SPIN.set(enabled)
+    try:
+        yield
+    finally:
+        _SPIN.reset(token)
+
+
 class OrtEngine(Engine):
-    """Runs an ONNX file with ONNX Runtime and full graph optimisation; returns NumPy outputs."""
+    """Runs an ONNX file with ONNX Runtime and full graph optimisation; returns NumPy outputs.
+
+    spin: let idle threads busy-wait between parallel sections (None: as `spinning` says, by default on).
+    """
 
     backend = "ort"
 
@@ -36,6 +61,7 @@ class OrtEngine(Engine):
         *,
         threads: int | None = None,
         providers: tuple[str, ...] = ("CPUExecutionProvider",),
+        spin: bool | None = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -53,6 +79,8 @@ class OrtEngine(Engine):
         if threads is not None:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+        allow = _SPIN.get() if spin is None else spin
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow else "0")
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
         except Exception as e:  # ORT raises its own exception types for bad graphs and files
