@@ -335,3 +335,18 @@ def test_cuda_pipeline_matches_cpu_reference(
         f"cuda vs cpu: boxes max {box_diff:.3g} px, keypoints on the same boxes max {kpt_diffs.max():.3g} px"
     )
     assert (kpt_diffs > 1.0).mean() <= 0.05
+
+
+def test_onnx_runtime_threads_spin_only_without_a_second_session(
+    pose_only: TopDown, full_ort: TopDown
+) -> None:
+    """With a detector two sessions take turns, and spinning threads of one only slow the other."""
+
+    def spins(engine) -> str:  # type: ignore[no-untyped-def]
+        return engine.session.get_session_options().get_session_config_entry(
+            "session.intra_op.allow_spinning"
+        )
+
+    assert spins(pose_only.pose_engine) == "1"
+    assert full_ort.detector is not None
+    assert spins(full_ort.pose_engine) == "0" and spins(full_ort.detector.engine) == "0"

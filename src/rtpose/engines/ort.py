@@ -36,10 +36,10 @@ def spinning(enabled: bool) -> Iterator[None]:
     """Whether the `OrtEngine`s made inside the block let their idle threads busy-wait for the next
     parallel section (ONNX Runtime's default, and ours outside such a block).
 
-    Spinning makes isolated calls faster (on our 2 cores RTMDet-nano 6 vs 9 ms, RTMPose-m batch 1 21.5
-    vs 25 ms) but takes the cores from whatever runs between the calls: the video pipeline, whose
-    decoder threads and Python work share them, makes its engines here with spinning off (5-15% more
-    frames/s on 2 cores; docs/benchmarks.md)."""
+    Spinning makes isolated calls of one engine faster (on our 2 cores RTMDet-nano 6 vs 9 ms, RTMPose-m
+    batch 1 21.5 vs 25 ms) but takes the cores from whatever runs between the calls: `TopDown` with a
+    detector (two sessions taking turns; the video pipeline's decoder threads too) makes its engines
+    with spinning off (docs/benchmarks.md)."""
     token = _SPIN.set(enabled)
     try:
         yield

@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from rtpose.engines.ort import spinning
 from rtpose.errors import RtposeError
 from rtpose.sinks.draw import draw_people
 from rtpose.sinks.json_out import JsonlWriter
@@ -193,11 +192,10 @@ class Pipeline:
 
             # with tracking, low-score boxes are wanted too: ByteTrack uses them to continue tracks
             det_score_thr = self.temporal.tracker.low_thr if self.temporal.track else None
-            with spinning(False):  # decoder threads need the cores between engine calls
-                topdown = TopDown(
-                    pose, det, backend=backend, device=device, precision=precision, pose_weights=pose_weights,
-                    det_weights=det_weights, det_score_thr=det_score_thr,
-                )  # fmt: skip
+            topdown = TopDown(  # its ONNX Runtime engines do not spin (see TopDown.__init__)
+                pose, det, backend=backend, device=device, precision=precision, pose_weights=pose_weights,
+                det_weights=det_weights, det_score_thr=det_score_thr,
+            )  # fmt: skip
             model = TopDownFrameModel(topdown)
         self.model = model
         self.batch_size, self.batch_timeout = int(batch_size), float(batch_timeout)
