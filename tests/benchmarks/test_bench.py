@@ -240,3 +240,19 @@ def test_topdown_section_times_the_public_pipeline(
     assert public[0]["persons"] == staged[0]["persons"] >= 1
     out = write_outputs(report, tmp_path / "out")
     assert "TopDown.predict_batch" in (tmp_path / "out" / "bench.md").read_text() and out
+
+
+def test_pipeline_rows_get_their_own_non_spinning_onnx_sessions(data_dir: Path, tmp_path: Path) -> None:
+    """As `TopDown` makes them: a pipeline's two sessions take turns, so their threads do not spin; the
+    engine rows keep ONNX Runtime's spinning. Non-ORT engines are shared (no second compile)."""
+    det = load_bench_model("rtmdet-nano", "detector", data_dir=data_dir)
+    factory = EngineFactory(device="cpu", workdir=tmp_path, threads=1)
+
+    def spins(engine) -> str:  # type: ignore[no-untyped-def]
+        options = engine.session.get_session_options()
+        return options.get_session_config_entry("session.intra_op.allow_spinning")
+
+    alone, shared = factory.get(det, "ort"), factory.get(det, "ort", shared=True)
+    assert alone is not shared and spins(alone) == "1" and spins(shared) == "0"
+    assert factory.get(det, "ort", shared=True) is shared
+    assert factory.get(det, "eager", shared=True) is factory.get(det, "eager")

@@ -223,12 +223,14 @@ class Bench:
                              skipped=reason))  # fmt: skip
         self.log(f"[bench] {section:8s} {model.spec.name} {backend:13s} b={batch:<4d} skipped: {reason}")
 
-    def _engine_or_reason(self, model: BenchModel, backend: str) -> tuple[Any, str | None]:
+    def _engine_or_reason(
+        self, model: BenchModel, backend: str, shared: bool = False
+    ) -> tuple[Any, str | None]:
         reason = unavailable_reason(backend, self.config.device)
         if reason is not None:
             return None, reason
         try:
-            return self.engines.get(model, backend), None
+            return self.engines.get(model, backend, shared=shared), None
         except RtposeError as exc:
             return None, f"engine failed: {str(exc).splitlines()[0]}"
 
@@ -333,8 +335,8 @@ class Bench:
         encoded = self._pipeline_input[0]
         pose, det = self._model(config.pose, "pose-topdown"), self._model(config.det, "detector")
         for backend in config.backends if backends is None else backends:
-            pose_engine, reason = self._engine_or_reason(pose, backend)
-            det_engine, det_reason = self._engine_or_reason(det, backend)
+            pose_engine, reason = self._engine_or_reason(pose, backend, shared=True)
+            det_engine, det_reason = self._engine_or_reason(det, backend, shared=True)
             reason = reason or det_reason
             if reason is not None:
                 self._skip(section, pose, backend, 1, reason)

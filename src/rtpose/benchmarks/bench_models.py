@@ -137,7 +137,7 @@ class EngineFactory:
     ) -> None:
         self.device, self.workdir, self.threads = device, workdir, threads
         self.max_batch, self.cache_dir, self.progress = max_batch, cache_dir, progress
-        self._engines: dict[tuple[str, str], Engine] = {}
+        self._engines: dict[tuple[str, str], Engine] = {}  # (model, backend [+ ' shared'])
         self._onnx: dict[str, Path] = {}
 
     def onnx_path(self, model: BenchModel) -> Path:
@@ -149,10 +149,17 @@ class EngineFactory:
             self._onnx[model.spec.name] = export_onnx(copy.deepcopy(model.module).cpu(), model.spec, target)
         return self._onnx[model.spec.name]
 
-    def get(self, model: BenchModel, backend: str) -> Engine:
-        key = (model.spec.name, backend)
+    def get(self, model: BenchModel, backend: str, *, shared: bool = False) -> Engine:
+        """The engine of (model, backend). shared=True: one that takes turns with another model's engine
+        (a pipeline's detector and pose model): for ONNX Runtime a separate session whose idle threads
+        do not spin, as `TopDown` makes them (`engines.ort.spinning`)."""
+        shared = shared and parse_backend(backend)[0] == "ort"
+        key = (model.spec.name, backend + (" shared" if shared else ""))
         if key not in self._engines:
-            self._engines[key] = self._create(model, backend)
+            from rtpose.engines.ort import spinning
+
+            with spinning(not shared):
+                self._engines[key] = self._create(model, backend)
         return self._engines[key]
 
     def _create(self, model: BenchModel, backend: str) -> Engine:
