@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from rtpose.errors import RtposeError
-from rtpose.pipelines.video import FrameResult, Pipeline, StreamRate
+from rtpose.pipelines.video import FrameResult, Pipeline, StreamRate, StreamRunner
 from rtpose.sinks.json_out import JsonlWriter
 from rtpose.sources.stream_hub import StreamEnd
 from rtpose.sources.video import parse_source
@@ -88,7 +88,7 @@ def _worker_main(
             results.send(("ended", index, pipeline.ended))
 
 
-class ProcessPipeline:
+class ProcessPipeline(StreamRunner):
     """`Pipeline` with its streams spread over `workers` processes (see the module docstring).
 
     Takes the options of `Pipeline` (except `model`, which cannot travel to a process); `jsonl` is
@@ -108,6 +108,7 @@ class ProcessPipeline:
         threads: int | None = None,
         **options: Any,
     ) -> None:
+        super().__init__()
         if workers < 1:
             raise RtposeError(f"workers must be at least 1, not {workers}")
         if threads is not None and threads < 1:
@@ -126,7 +127,6 @@ class ProcessPipeline:
         self._processes: dict[int, Any] = {}
         self._commands: list[Any] = []
         self._started = self._closed = False
-        self._stop = threading.Event()  # as Pipeline's: `video.stop_on_sigint` works with both
         for source in sources:
             self.add_source(source)
 
@@ -164,9 +164,6 @@ class ProcessPipeline:
     @property
     def streams(self) -> list[str]:
         return list(self._owner)
-
-    def __iter__(self) -> Iterator[FrameResult]:
-        return self.results()
 
     def results(self) -> Iterator[FrameResult]:
         """Results of all workers as they come; ends when every worker has ended."""
@@ -233,14 +230,9 @@ class ProcessPipeline:
         finally:
             self.close()
 
-    def run(self) -> list[StreamEnd]:
-        for _ in self.results():
-            pass
-        return self.ended
-
     def stop(self) -> None:
         """Ask every worker to end after its current step (outputs are finished)."""
-        self._stop.set()
+        super().stop()
         for commands in self._commands:
             commands.put(("stop", None))
 
@@ -255,12 +247,6 @@ class ProcessPipeline:
                 process.terminate()
         if self._jsonl is not None:
             self._jsonl.close()
-
-    def __enter__(self) -> ProcessPipeline:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     # -- internals ----------------------------------------------------------------------------------
     def _emit(self, result: FrameResult) -> None:

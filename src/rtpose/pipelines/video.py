@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 import numpy as np
 
@@ -142,7 +142,48 @@ class StreamRate:
         self._last = now
 
 
-class Pipeline:
+class StreamRunner:
+    """What `Pipeline` and `ProcessPipeline` share around their `results()` loop: iteration, `run`,
+    `stop` (from any thread or a signal handler, see `stop_on_sigint`) and closing at the end of a `with`
+    block."""
+
+    ended: list[StreamEnd]
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+
+    def results(self) -> Iterator[FrameResult]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def stopping(self) -> bool:
+        """Whether `stop()` was asked for."""
+        return self._stop.is_set()
+
+    def __iter__(self) -> Iterator[FrameResult]:
+        return self.results()
+
+    def run(self) -> list[StreamEnd]:
+        """Process every source to its end, writing the outputs; returns how each stream ended."""
+        for _ in self.results():
+            pass
+        return self.ended
+
+    def stop(self) -> None:
+        """Ask a running `results()` loop to end after the current step."""
+        self._stop.set()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class Pipeline(StreamRunner):
     """Multi-stream pose pipeline (see the module docstring).
 
     model: any `FramePoseModel` (tests, custom engines); when None, a `TopDown(pose, det, backend=...,
@@ -179,6 +220,7 @@ class Pipeline:
         loop: bool = False,
         sources: Iterable[str | os.PathLike[str]] = (),
     ) -> None:
+        super().__init__()
         if batch_size < 1:
             raise RtposeError(f"batch_size must be at least 1, not {batch_size}")
         if batch_timeout < 0:
@@ -209,7 +251,6 @@ class Pipeline:
         self._videos = StreamVideoWriters(out_dir) if out_dir is not None else None
         self._jsonl = JsonlWriter(jsonl) if jsonl is not None else None
         self._closed = False
-        self._stop = threading.Event()
         for source in sources:
             self.add_source(source)
 
@@ -237,9 +278,6 @@ class Pipeline:
         return self.hub.names()
 
     # -- running ----------------------------------------------------------------------------------
-    def __iter__(self) -> Iterator[FrameResult]:
-        return self.results()
-
     def results(self, *, stop_when_idle: bool = True) -> Iterator[FrameResult]:
         """Results as they come. Ends when every stream has ended (stop_when_idle) or, for a service
         that adds sources later, runs until `close()` (stop_when_idle=False)."""
@@ -254,16 +292,6 @@ class Pipeline:
                 yield from self._process(batch)
         finally:
             self.close()
-
-    def run(self) -> list[StreamEnd]:
-        """Process every source to its end, writing the outputs; returns how each stream ended."""
-        for _ in self.results():
-            pass
-        return self.ended
-
-    def stop(self) -> None:
-        """Ask a running `results()` loop to end after the current step (any thread, signal handlers)."""
-        self._stop.set()
 
     def close(self) -> None:
         """Stop the readers and finish every output file; safe to call twice."""
@@ -281,12 +309,6 @@ class Pipeline:
                 self._videos.close()
             if self._jsonl is not None:
                 self._jsonl.close()
-
-    def __enter__(self) -> Pipeline:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     # -- one step ---------------------------------------------------------------------------------
     def _process(self, batch: Batch) -> Iterator[FrameResult]:
@@ -361,7 +383,7 @@ class Pipeline:
 
 
 @contextlib.contextmanager
-def stop_on_sigint(pipeline: Pipeline) -> Iterator[None]:
+def stop_on_sigint(pipeline: StreamRunner) -> Iterator[None]:
     """Within the block, a first Ctrl-C ends the pipeline cleanly after the frame in hand (every output
     then holds exactly the same frames); a second one interrupts at once (KeyboardInterrupt, outputs still
     closed). Only in the main thread; elsewhere it does nothing."""
@@ -370,7 +392,7 @@ def stop_on_sigint(pipeline: Pipeline) -> Iterator[None]:
         return
 
     def handler(signum: int, frame: object) -> None:
-        if pipeline._stop.is_set():
+        if pipeline.stopping:
             raise KeyboardInterrupt
         logger.warning("interrupted: finishing the outputs (Ctrl-C again to stop at once)")
         pipeline.stop()
