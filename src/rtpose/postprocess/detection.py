@@ -184,6 +184,19 @@ def nms_torch(boxes: torch.Tensor, scores: torch.Tensor, iou_thr: float) -> torc
     return order[keep]
 
 
+def _candidate_overlaps(
+    boxes: torch.Tensor, order: torch.Tensor, num_classes: int, iou_thr: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For candidates given as score-sorted flat (anchor, class) indices `order` (B, K): their boxes
+    (B, K, 4), labels (B, K) and which later candidate each one suppresses (B, K, K): same class and
+    IoU > iou_thr, upper triangle only."""
+    anchors, labels = order // num_classes, order % num_classes
+    cand_boxes = torch.gather(boxes, 1, anchors.unsqueeze(-1).expand(-1, -1, 4))
+    same_class = labels.unsqueeze(-1) == labels.unsqueeze(-2)
+    overlaps = torch.triu((box_iou_torch(cand_boxes, cand_boxes) > iou_thr) & same_class, diagonal=1)
+    return cand_boxes, labels, overlaps
+
+
 def select_detections_torch(
     scores: torch.Tensor,
     boxes: torch.Tensor,
@@ -203,10 +216,7 @@ def select_detections_torch(
     # one host sync: how many candidates the fullest image has (bounds the K x K IoU matrices)
     width = min(int(valid.sum(dim=1).max().item()), pre_top_k)
     sorted_scores, order, valid = sorted_scores[:, :width], order[:, :width], valid[:, :width]
-    anchors, labels = order // num_classes, order % num_classes
-    cand_boxes = torch.gather(boxes, 1, anchors.unsqueeze(-1).expand(-1, -1, 4))
-    same_class = labels.unsqueeze(-1) == labels.unsqueeze(-2)
-    overlaps = torch.triu((box_iou_torch(cand_boxes, cand_boxes) > iou_thr) & same_class, diagonal=1)
+    cand_boxes, labels, overlaps = _candidate_overlaps(boxes, order, num_classes, iou_thr)
     keep = _cluster_keep(overlaps, valid)
     keep &= torch.cumsum(keep, dim=1) <= max_det  # the best max_det of each image (rows are by score)
     # all images at once: one nonzero (and, for several images, one copy of the counts) instead of a
@@ -263,10 +273,7 @@ def select_detections_fixed(
     overflow = (sorted_scores[:, width] > score_thr).any() if width < full_width else None
     sorted_scores, order = sorted_scores[:, :width], order[:, :width]
     valid = sorted_scores > score_thr
-    anchors, labels = order // num_classes, order % num_classes
-    cand_boxes = torch.gather(boxes, 1, anchors.unsqueeze(-1).expand(-1, -1, 4))
-    same_class = labels.unsqueeze(-1) == labels.unsqueeze(-2)
-    overlaps = torch.triu((box_iou_torch(cand_boxes, cand_boxes) > iou_thr) & same_class, diagonal=1)
+    cand_boxes, labels, overlaps = _candidate_overlaps(boxes, order, num_classes, iou_thr)
     keep, converged = _cluster_keep_fixed(overlaps, valid, rounds)
     keep = keep & (torch.cumsum(keep, dim=1) <= max_det)
     exact = converged if overflow is None else converged & ~overflow
