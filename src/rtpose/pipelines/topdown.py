@@ -281,6 +281,8 @@ class TopDown:
 
     def _predict_graphed(self, images: list[Any], select: SelectBoxes | None) -> list[list[Person]] | None:
         """Detector and pose stages as graph replays (None: the eager path must answer this call)."""
+        import torch
+
         assert self.detector is not None
         detect = self.detector.graph_step(images)
         if detect is None:
@@ -297,14 +299,10 @@ class TopDown:
             if select is None:
                 boxes, scores, index = slots.boxes[:n], slots.scores[:n], slots.image_index[:n]
                 rows = self._pose_rows(detect.frames, boxes, scores, index)
-            else:  # the boxes come to the host to be chosen; the images stay loaded for the pose step
-                ends = np.cumsum(slots.counts)[:-1]
-                per_image = zip(
-                    np.split(slots.boxes[:n].cpu().numpy(), ends),
-                    np.split(slots.scores[:n].cpu().numpy(), ends),
-                    strict=True,
-                )
-                chosen = [_host_box_set(*select(i, b, s)) for i, (b, s) in enumerate(per_image)]
+            else:  # the boxes come to the host (one copy) to be chosen; the images stay loaded
+                found = torch.cat([slots.boxes[:n], slots.scores[:n, None]], 1).cpu().numpy()
+                per_image = np.split(found, np.cumsum(slots.counts)[:-1])
+                chosen = [_host_box_set(*select(i, f[:, :4], f[:, 4])) for i, f in enumerate(per_image)]
         if select is not None:
             return self._pose_graphed_host_boxes(detect.frames, chosen)
         if rows is None:
