@@ -52,3 +52,12 @@ def test_clock_starts_when_every_stream_is_warm_and_stops_after_the_timed_frames
 def test_without_warmup_every_result_is_timed() -> None:
     row = _timed(SlowStartPipeline(delay=0), Path("street.avi"), streams=2, frames=4, warmup=0)
     assert row["frames"] == 8 and row["warm_s"] == 0.0
+
+
+def test_server_share_counts_the_whole_seconds_inside_the_window() -> None:
+    from rtpose.benchmarks.video_bench import _server_share
+
+    timeline = {9: [5, 40, 0.9], 10: [10, 80, 0.5], 11: [10, 40, 0.25], 12: [3, 24, 0.1], 13: [9, 9, 0.9]}
+    share = _server_share({"steps": 37, "busy_s": 2.65, "timeline": timeline}, 9.5, 13.2)
+    assert share["steps"] == 23 and share["frames_per_step"] == round(144 / 23, 2)
+    assert share["busy_share"] == round(0.85 / 3, 3) and share["whole_run"] == {"steps": 37, "busy_s": 2.65}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 
@@ -155,6 +157,9 @@ def test_usable_keeps_high_scores_and_low_scores_near_tracked_people() -> None:
     # low 0.3 over the tracked person: usable; low 0.3 elsewhere, or below low_thr: not
     assert tracker.usable(boxes, scores).tolist() == [True, False, True, False]
     assert tracker.usable(np.zeros((0, 4)), np.zeros(0)).tolist() == []
+    # taken as a value now, applied later or in another process: the same mask
+    rule = pickle.loads(pickle.dumps(tracker.usable_rule()))
+    assert rule(boxes, scores).tolist() == [True, False, True, False]
 
 
 def test_usable_is_a_superset_of_what_update_reports() -> None:

@@ -160,8 +160,58 @@ def test_worker_thread_pools_share_the_cores() -> None:
         ProcessPipeline(workers=2, threads=0)
     before = torch.get_num_threads(), cv2.getNumThreads()
     try:
-        multiprocess._limit_threads(1)  # what each worker runs first
+        multiprocess.limit_threads(1)  # what each worker runs first
         assert torch.get_num_threads() == 1 and cv2.getNumThreads() == 1
     finally:
         torch.set_num_threads(before[0])
         cv2.setNumThreads(before[1])
+
+
+def test_model_server_gives_the_single_process_results(
+    street: list, rtpose_env: dict, tmp_path: Path
+) -> None:
+    """The models in one server process, three streams on two workers: the results of one `Pipeline`."""
+    sources = {"a": street[:6], "b": street[6:], "c": street[3:9]}
+    with Pipeline(**OPTIONS) as single:
+        for name, frames in sources.items():
+            single.add_source(frames, name=name, fps=25)
+        expected = _records(single)
+    served = ProcessPipeline(workers=2, model_server=True, jsonl=tmp_path / "out.jsonl", **OPTIONS)
+    for name, frames in sources.items():
+        served.add_source(frames, name=name, fps=25)
+    got = _records(served)
+    assert len(got) == 18 and got == expected
+    assert sorted((e.stream, e.reason) for e in served.ended) == [(s, "finished") for s in "abc"]
+    stats = served.server_stats
+    assert stats is not None and stats["frames"] == 18 and stats["requests"] >= stats["steps"] > 0
+    assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 18
+
+
+def test_a_model_server_that_cannot_build_ends_every_stream(street: list, rtpose_env: dict) -> None:
+    served = ProcessPipeline(workers=2, model_server=True, **{**OPTIONS, "pose": "no-such-model"})
+    served.add_source(street[:2], name="a", fps=25)
+    served.add_source(street[2:4], name="b", fps=25)
+    assert list(served) == []
+    assert sorted((e.stream, e.reason) for e in served.ended) == [("a", "failed"), ("b", "failed")]
+    assert all("no-such-model" in e.error and "model server" in e.error for e in served.ended)
+    with pytest.raises(RtposeError, match="server_wait"):
+        ProcessPipeline(workers=2, model_server=True, server_wait=-1)
+
+
+def test_a_killed_model_server_ends_the_streams_instead_of_failing_every_frame(
+    data_dir: Path, rtpose_env: dict
+) -> None:
+    served = ProcessPipeline(workers=2, model_server=True, loop=True, **OPTIONS)
+    video = data_dir / "video" / "openpose_video.avi"
+    served.add_source(video, name="one")  # looped: only an error ends them
+    served.add_source(video, name="two")
+    seen = 0
+    for result in served:
+        assert result.error is None
+        seen += 1
+        if seen == 3:
+            served._processes[-1].kill()  # the server, as the OOM killer would
+    assert seen < 3 + 20  # results in flight may still come, then the workers stop
+    ends = {e.stream: e for e in served.ended}
+    assert set(ends) == {"one", "two"}
+    assert all(e.reason == "failed" and "model server" in e.error for e in ends.values())

@@ -238,10 +238,15 @@ def test_poses_only_for_detections_the_tracker_can_use(
     posed: dict[bool, list[int]] = {True: [], False: []}
 
     def run(filtered: bool) -> list[dict]:
-        def candidates(self: StreamTemporalState, boxes: np.ndarray, scores: np.ndarray):
-            chosen = filtering(self, boxes, scores) if filtered else (boxes, scores)
-            posed[filtered].append(len(chosen[0]))
-            return chosen
+        def candidates(self: StreamTemporalState):
+            rule = filtering(self)
+
+            def counted(boxes: np.ndarray, scores: np.ndarray):
+                chosen = rule(boxes, scores) if filtered else (boxes, scores)
+                posed[filtered].append(len(chosen[0]))
+                return chosen
+
+            return counted
 
         monkeypatch.setattr(StreamTemporalState, "pose_candidates", candidates)
         with Pipeline("movenet-lightning", "rtmdet-nano", det_interval=1) as pipe:

@@ -44,16 +44,16 @@ def test_parse_source_kinds_and_errors(scene_dir: Path, tmp_path: Path) -> None:
         parse_source("gopher://x/y")
 
 
-def test_auto_decode_falls_back_to_cpu_and_says_so(scene_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_auto_decode_is_the_cpu_and_says_so(scene_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
     spec = parse_source(scene_dir / "one_mover.mp4")
     with caplog.at_level(logging.INFO, logger="rtpose.video"):
         opened = open_video(spec, "auto")
     opened.container.close()
+    assert opened.decoder == "cpu"
+    assert "decoding on CPU" in caplog.text
     import torch
 
     if not torch.cuda.is_available():
-        assert opened.decoder == "cpu"
-        assert "decoding on CPU" in caplog.text
         with pytest.raises(VideoSourceError, match="NVDEC"):
             open_video(spec, "nvdec")
     assert opened.total_frames == 40 and opened.fps == pytest.approx(25.0)

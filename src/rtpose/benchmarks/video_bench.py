@@ -54,22 +54,49 @@ def throughput(
     batch: int,
     warmup: int = 0,
     workers: int = 1,
+    model_server: bool = False,
+    server_wait: float = 0.002,
     **kw: Any,
 ) -> dict:
     """Steady-state frames/s of `streams` looped copies of `video` (`frames` timed per stream after
-    `warmup` per stream, see `_timed`), JSONL written to a temporary file. workers > 1: the streams are
-    spread over that many processes (`ProcessPipeline`)."""
+    `warmup` per stream, see `_timed`), JSONL written to a temporary file. workers > 1 or model_server:
+    the streams are spread over that many processes (`ProcessPipeline`), with the models in a model
+    server process or in every worker."""
     with tempfile.TemporaryDirectory(prefix="rtpose-video-bench-") as tmp:
         jsonl = Path(tmp) / "poses.jsonl"
         options = dict(det_interval=det_interval, batch_size=batch, loop=True, jsonl=jsonl)
-        if workers > 1:
+        if workers > 1 or model_server:
             from rtpose.pipelines.multiprocess import ProcessPipeline
 
-            pipeline: Any = ProcessPipeline(pose, "rtmdet-nano", workers=workers, **options, **kw)
+            if model_server:
+                options["server_wait"] = server_wait
+            pipeline: Any = ProcessPipeline(
+                pose, "rtmdet-nano", workers=workers, model_server=model_server, **options, **kw
+            )
         else:
             pipeline = Pipeline(pose, "rtmdet-nano", **options, **kw)
         result = _timed(pipeline, video, streams, frames, warmup)
-    return {"det_interval": det_interval, "batch": batch, "workers": workers, **result}
+        served = getattr(pipeline, "server_stats", None)
+    row = {"det_interval": det_interval, "batch": batch, "workers": workers, "model_server": model_server}
+    window = result.pop("window")
+    if served:
+        row["server"] = _server_share(served, *window)
+    return {**row, **result}
+
+
+def _server_share(stats: dict, start: float, end: float) -> dict:
+    """What the model server did in the timed window [start, end] (monotonic seconds), from the whole
+    seconds of its timeline inside the window: steps, frames per step, ms per step, busy fraction."""
+    inside = range(int(start) + 1, int(end)) if end - start >= 3 else range(int(start), int(end) + 1)
+    seconds = [stats.get("timeline", {}).get(second, [0, 0, 0.0]) for second in inside]
+    steps, frames, busy = (sum(v[i] for v in seconds) for i in range(3))
+    return {
+        "steps": int(steps),
+        "frames_per_step": round(frames / steps, 2) if steps else None,
+        "ms_per_step": round(1000 * busy / steps, 2) if steps else None,
+        "busy_share": round(busy / max(len(inside), 1), 3),
+        "whole_run": {k: round(v, 2) for k, v in stats.items() if k != "timeline"},
+    }
 
 
 def _timed(pipeline: Any, video: Path, streams: int, frames: int, warmup: int = 0) -> dict:
@@ -81,7 +108,7 @@ def _timed(pipeline: Any, video: Path, streams: int, frames: int, warmup: int = 
     counts = dict.fromkeys(names, 0)
     cold = set(names) if warmup > 0 else set()
     latencies: list[float] = []
-    began = time.perf_counter()
+    began, window_start = time.perf_counter(), time.monotonic()
     start: float | None = None if cold else began
     timed, wanted = 0, frames * streams
     for result in pipeline:
@@ -91,19 +118,21 @@ def _timed(pipeline: Any, video: Path, streams: int, frames: int, warmup: int = 
                 cold.discard(result.stream)
             if not cold:
                 start = time.perf_counter()  # the clock starts once every stream is warm
+                window_start = time.monotonic()
             continue
         timed += 1
         latencies.append(result.latency)
         if timed == wanted:
             break
     end = time.perf_counter()
+    window = (window_start, time.monotonic())
     elapsed = end - start if start is not None else 0.0
     latency = round(1000 * float(np.median(latencies)), 1) if latencies else None
     fps = round(timed / elapsed, 2) if elapsed > 0 else None
     return {"streams": streams, "frames": timed, "warm_s": round((start or end) - began, 2),
             "seconds": round(elapsed, 2), "fps_total": fps,
             "fps_per_stream": round(fps / streams, 2) if fps else None,
-            "latency_ms_median": latency}  # fmt: skip
+            "latency_ms_median": latency, "window": window}  # fmt: skip
 
 
 def sequential_baseline(video: Path, frames: int, pose: str, device: str, **kw) -> dict:
@@ -262,6 +291,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--workers", type=int, nargs="+", default=[1],
                         help="processes the streams are spread over (each value a row)")  # fmt: skip
+    parser.add_argument("--model-server", nargs="+", default=["off"], choices=["off", "on"],
+                        help="with workers: the models in one server process (on) or in every worker "
+                             "(off); each value a row")  # fmt: skip
+    parser.add_argument("--server-wait", type=float, default=0.002,
+                        help="seconds the model server waits for more workers' requests")  # fmt: skip
+    parser.add_argument("--decode", default="auto", choices=["auto", "cpu", "nvdec"],
+                        help="video decoding of the pipeline rows (auto: NVDEC where PyAV's FFmpeg has it "
+                             "and a GPU is there)")  # fmt: skip
     parser.add_argument("--backend", default="ort", help="ort, torch, compiled or auto")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32")
@@ -282,9 +319,12 @@ def main(argv: list[str] | None = None) -> int:
     if "throughput" not in args.skip:
         report["engine"] = {**engine, "pose": args.pose, "pose_weights": args.pose_weights}
         report["throughput"] = []
-        for interval, n, workers in itertools.product(args.det_interval, args.streams, args.workers):
+        rows = itertools.product(args.det_interval, args.streams, args.workers, args.model_server)
+        for interval, n, workers, server in rows:
             row = throughput(args.video, n, args.frames, args.pose, interval, args.batch, args.warmup,
-                             workers, pose_weights=args.pose_weights, **engine)  # fmt: skip
+                             workers, server == "on", args.server_wait, pose_weights=args.pose_weights,
+                             decode=args.decode, **engine)  # fmt: skip
+            row["decode"] = args.decode
             if "baseline" in report:
                 row["x_baseline"] = round(row["fps_total"] / report["baseline"]["fps"], 2)
             report["throughput"].append(row)

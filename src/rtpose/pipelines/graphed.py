@@ -120,7 +120,8 @@ class StepCache:
 
 class FrameBuffer:
     """The step input for B images of one size: a (B, H, W, 3) uint8 device tensor that images are
-    copied into (host images through one pinned staging buffer and a non-blocking copy). The pose steps
+    copied into (host images through one pinned staging buffer and a non-blocking copy; host images in
+    pinned memory already are copied from where they lie). The pose steps
     that read it hang on it (`pose_steps`, per bucket), so they go when it goes."""
 
     def __init__(self, batch: int, height: int, width: int, device: torch.device) -> None:
@@ -145,15 +146,27 @@ class FrameBuffer:
                 for index in host:
                     self.images[index].copy_(torch.from_numpy(np.asarray(images[index])))
                 return
+            staged = []
+            for index in host:
+                array = np.asarray(images[index])
+                source = (
+                    torch.from_numpy(array) if array.flags.writeable and array.flags.c_contiguous else None
+                )
+                if source is not None and source.is_pinned():  # e.g. a model server's registered memory
+                    self.images[index].copy_(source, non_blocking=True)
+                else:
+                    staged.append(index)
+            if not staged:
+                return
             if self._staging is None:
                 self._staging = torch.empty(self.images.shape, dtype=torch.uint8).pin_memory()
             # the previous call's copies are finished: every step ends with a device-to-host copy
-            for index in host:
+            for index in staged:
                 self._staging[index].numpy()[...] = images[index]
-            if len(host) == len(images):
+            if len(staged) == len(images):
                 self.images.copy_(self._staging, non_blocking=True)
             else:
-                for index in host:
+                for index in staged:
                     self.images[index].copy_(self._staging[index], non_blocking=True)
 
 

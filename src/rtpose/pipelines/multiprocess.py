@@ -23,13 +23,13 @@ import signal
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from multiprocessing.connection import wait
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import numpy as np
 
 from rtpose.errors import RtposeError
-from rtpose.pipelines.video import FrameResult, Pipeline, StreamRate, StreamRunner
+from rtpose.pipelines.video import FrameResult, Pipeline, StreamRate, StreamRunner, model_build_options
 from rtpose.sinks.json_out import JsonlWriter
 from rtpose.sources.stream_hub import StreamEnd
 from rtpose.sources.video import parse_source
@@ -37,9 +37,14 @@ from rtpose.sources.video import parse_source
 logger = logging.getLogger("rtpose.video")
 
 SourceEntry = tuple[Any, str, float | None]
+_SERVER = -1  # the model server's key among the worker indices
 
 
-def _limit_threads(threads: int) -> None:
+def _name(index: int) -> str:
+    return "the model server" if index == _SERVER else f"worker {index}"
+
+
+def limit_threads(threads: int) -> None:
     """Thread pools of the CPU libraries of one worker: each would size itself to every core of the
     machine, and N workers with one pool per core each oversubscribe the CPU N times."""
     import cv2
@@ -50,13 +55,24 @@ def _limit_threads(threads: int) -> None:
 
 
 def _worker_main(
-    index: int, sources: list[SourceEntry], options: dict, threads: int, results: Any, commands: Any
+    index: int,
+    sources: list[SourceEntry],
+    options: dict,
+    threads: int,
+    results: Any,
+    commands: Any,
+    server: Connection | None = None,
 ) -> None:
     """One worker: a `Pipeline` over its sources; results, then its stream ends, go to `results` (the
-    sending end of this worker's own pipe: a worker that dies mid-message garbles only its own channel)."""
+    sending end of this worker's own pipe: a worker that dies mid-message garbles only its own channel).
+    server: this worker's pipe to the model server (then the worker builds no model of its own)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it sends "stop" to everyone
     try:
-        _limit_threads(threads)
+        limit_threads(threads)
+        if server is not None:
+            from rtpose.pipelines.model_server import RemoteFrameModel
+
+            options = {**options, "model": RemoteFrameModel(server)}
         pipeline = Pipeline(**options)
         for source, name, fps in sources:
             pipeline.add_source(source, name=name, fps=fps)
@@ -84,6 +100,8 @@ def _worker_main(
         results.send(("failed", index, f"{type(exc).__name__}: {exc}"))
     finally:
         pipeline.close()
+        if server is not None:
+            pipeline.model.close()  # the server ends when every worker has closed its pipe
         with contextlib.suppress(OSError):  # the parent stopped listening (it left its loop early)
             results.send(("ended", index, pipeline.ended))
 
@@ -94,6 +112,9 @@ class ProcessPipeline(StreamRunner):
     Takes the options of `Pipeline` (except `model`, which cannot travel to a process); `jsonl` is
     written by this process, `out_dir` by the workers (one MP4 per stream either way). threads: size of
     each worker's torch and OpenCV thread pools (default: the machine's cores shared among the workers).
+    model_server: one more process runs the models for all workers (`rtpose.pipelines.model_server`);
+    the workers then decode, track, smooth and draw, and send their frames through shared memory.
+    server_wait: how long the server waits for the other workers' requests after the first of a step.
     """
 
     def __init__(
@@ -106,6 +127,8 @@ class ProcessPipeline(StreamRunner):
         sources: Iterable[str | os.PathLike[str]] = (),
         start_timeout: float = 900.0,
         threads: int | None = None,
+        model_server: bool = False,
+        server_wait: float = 0.002,
         **options: Any,
     ) -> None:
         super().__init__()
@@ -113,11 +136,17 @@ class ProcessPipeline(StreamRunner):
             raise RtposeError(f"workers must be at least 1, not {workers}")
         if threads is not None and threads < 1:
             raise RtposeError(f"threads must be at least 1, not {threads}")
+        if server_wait < 0:
+            raise RtposeError(f"server_wait must be >= 0, not {server_wait}")
         self.threads = threads or max(1, (os.cpu_count() or 1) // workers)
         if "model" in options:
             raise RtposeError("ProcessPipeline builds its models in the workers; it takes no model=")
         self.workers = int(workers)
         self.options = {"pose": pose, "det": det, **options}
+        self.model_server, self.server_wait = bool(model_server), float(server_wait)
+        self._server_build = model_build_options(**self.options) if model_server else None  # checks them
+        #: what the model server did (`ModelServer.stats`), once it has ended
+        self.server_stats: dict[str, float] | None = None
         self.start_timeout = float(start_timeout)
         self.ended: list[StreamEnd] = []
         self.rates: dict[str, StreamRate] = {}
@@ -125,6 +154,7 @@ class ProcessPipeline(StreamRunner):
         self._owner: dict[str, int] = {}
         self._jsonl = JsonlWriter(jsonl) if jsonl is not None else None
         self._processes: dict[int, Any] = {}
+        self._server_control: Any = None
         self._commands: list[Any] = []
         self._started = self._closed = False
         for source in sources:
@@ -175,57 +205,87 @@ class ProcessPipeline(StreamRunner):
         assigned: list[list[SourceEntry]] = [[] for _ in range(used)]
         for entry in self._sources:
             assigned[self._owner[entry[1]]].append(entry)
+        everything = [entry for entries in assigned for entry in entries]
         self._commands = [context.Queue() for _ in range(used)]
         readers: dict[int, Any] = {}
+        to_server: list[Any] = [None] * used  # each worker's end of its pipe to the model server
 
         def start(index: int) -> None:
             reader, sender = context.Pipe(duplex=False)
-            args = (index, assigned[index], self.options, self.threads, sender, self._commands[index])
+            args = (index, assigned[index], self.options, self.threads, sender, self._commands[index],
+                    to_server[index])  # fmt: skip
             process = context.Process(
                 target=_worker_main, args=args, name=f"rtpose-worker-{index}", daemon=True
             )
             process.start()
             sender.close()  # the child has its copy: when it exits, this end reads EOF
+            if to_server[index] is not None:
+                to_server[index].close()
             self._processes[index] = process
             readers[index] = reader
 
+        def start_server() -> None:
+            from rtpose.pipelines.model_server import server_main
+
+            pipes = [context.Pipe(duplex=True) for _ in range(used)]
+            to_server[:] = [worker_end for _, worker_end in pipes]
+            reader, sender = context.Pipe(duplex=False)
+            args = (self._server_build, [server_end for server_end, _ in pipes], sender, self.threads,
+                    self.server_wait)  # fmt: skip
+            process = context.Process(target=server_main, args=args, name="rtpose-model-server", daemon=True)
+            process.start()
+            sender.close()
+            for server_end, _ in pipes:
+                server_end.close()
+            self._processes[_SERVER] = process
+            readers[_SERVER] = self._server_control = reader
+
+        def start_others() -> None:
+            for other in range(0 if self.model_server else 1, used):
+                start(other)
+
+        first = _SERVER if self.model_server else 0
         try:
-            if used:
-                start(0)  # alone first: it builds the engines the others then load from the cache
+            if used:  # alone first: it builds the engines (worker 0: the others then load from the cache)
+                start_server() if self.model_server else start(0)
             waiting_first, deadline = used > 0, time.monotonic() + self.start_timeout
             while readers:
                 ready = wait(list(readers.values()), timeout=0.5)
                 if not ready and waiting_first and time.monotonic() > deadline:
-                    raise RtposeError(f"worker 0 did not start in {self.start_timeout:.0f} s")
+                    who = "the model server" if self.model_server else "worker 0"
+                    raise RtposeError(f"{who} did not start in {self.start_timeout:.0f} s")
                 for index in [i for i, reader in readers.items() if reader in ready]:
                     try:
                         kind, _, payload = readers[index].recv()
                     except (EOFError, OSError, pickle.UnpicklingError):  # gone without saying "ended"
                         process = self._processes[index]
                         process.join(timeout=5)
-                        reason = f"worker process died (exit code {process.exitcode})"
-                        logger.error("worker %d: %s", index, reason)
-                        self._end_streams(assigned[index], reason)
                         kind, payload = "lost", None
+                        if index != _SERVER or waiting_first:  # a server lost later: its workers say so
+                            reason = f"{_name(index)} died (exit code {process.exitcode})"
+                            logger.error("%s", reason)
+                            self._end_streams(everything if index == _SERVER else assigned[index], reason)
                     if kind == "result":
                         self._emit(payload)
                         yield payload
-                    elif kind == "ready" and waiting_first and index == 0:
+                    elif kind == "ready" and waiting_first and index == first:
                         waiting_first = False
-                        for other in range(1, used):
-                            start(other)
+                        start_others()
                     elif kind == "failed":
-                        logger.error("worker %d failed: %s", index, payload)
-                        self._end_streams(assigned[index], payload)
-                        if waiting_first and index == 0:  # the others would fail the same way
+                        logger.error("%s failed: %s", _name(index), payload)
+                        self._end_streams(assigned[index] if index != _SERVER else [], payload)
+                        if waiting_first and index == first:  # the others would fail the same way
                             waiting_first = False
-                            for other in range(1, used):
+                            for other in range(0 if index == _SERVER else 1, used):
                                 self._end_streams(
-                                    assigned[other], f"not started: worker 0 failed ({payload})"
+                                    assigned[other], f"not started: {_name(index)} failed ({payload})"
                                 )
-                    if kind == "ended":
-                        self.ended.extend(payload)
-                    if kind in ("ended", "lost"):
+                    elif kind == "done":
+                        self.server_stats = payload
+                    if kind == "ended":  # less those already reported failed
+                        done = {end.stream for end in self.ended}
+                        self.ended.extend(end for end in payload if end.stream not in done)
+                    if kind in ("ended", "lost", "done") or (kind == "failed" and index == _SERVER):
                         readers.pop(index).close()
         finally:
             self.close()
@@ -241,10 +301,19 @@ class ProcessPipeline(StreamRunner):
             return
         self._closed = True
         self.stop()
-        for process in self._processes.values():
+        # the server last: it ends when its workers have
+        for _, process in sorted(self._processes.items(), key=lambda item: item[0] == _SERVER):
             process.join(timeout=10)
             if process.is_alive():
                 process.terminate()
+        control = self._server_control
+        if control is not None and not control.closed:  # the caller left before the server said "done"
+            with contextlib.suppress(EOFError, OSError, pickle.UnpicklingError):
+                while control.poll():
+                    kind, _, payload = control.recv()
+                    if kind == "done":
+                        self.server_stats = payload
+            control.close()
         if self._jsonl is not None:
             self._jsonl.close()
 

@@ -24,9 +24,9 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, Self
+from typing import Any, Protocol, Self
 
 import numpy as np
 
@@ -41,17 +41,16 @@ from rtpose.tracking.one_euro import OneEuroParams
 from rtpose.tracking.temporal import StreamTemporalState, TemporalConfig
 from rtpose.types import Person
 
-if TYPE_CHECKING:
-    from rtpose.pipelines.topdown import SelectBoxes
-
 logger = logging.getLogger("rtpose.video")
 
 BoxesAndScores = tuple[np.ndarray, np.ndarray]
+#: the detections of one frame that get a pose: (boxes, scores) -> (boxes, scores)
+SelectRule = Callable[[np.ndarray, np.ndarray], BoxesAndScores]
 
 
 class FramePoseModel(Protocol):
     """What the video pipeline needs from a top-down model: batched over the frames of one step. A model
-    may also offer `detect_and_pose(images, select)` (see `TopDownFrameModel`) for steps where every
+    may also offer `detect_and_pose(images, candidates)` (see `TopDownFrameModel`) for steps where every
     frame needs the detector."""
 
     def detect(self, images: list[np.ndarray]) -> list[BoxesAndScores]:
@@ -84,10 +83,14 @@ class TopDownFrameModel:
         found = batched(images) if batched is not None else [self.topdown.detector.detect(i) for i in images]
         return [(to_numpy(b).astype(np.float32), to_numpy(s).astype(np.float32)) for b, s in found]
 
-    def detect_and_pose(self, images: list[np.ndarray], select: SelectBoxes) -> list[list[Person]]:
-        """Both stages on frames that all need the detector: `select` chooses the boxes to pose, and
-        the frames are uploaded once for both models."""
-        return self.topdown.predict_batch(images, select=select)
+    def detect_and_pose(
+        self, images: list[np.ndarray], candidates: Sequence[SelectRule]
+    ) -> list[list[Person]]:
+        """Both stages on frames that all need the detector: `candidates[i](boxes, scores)` chooses the
+        detections of image i to pose, and the frames are uploaded once for both models."""
+        return self.topdown.predict_batch(
+            images, select=lambda i, boxes, scores: candidates[i](boxes, scores)
+        )
 
     def pose(
         self, images: list[np.ndarray], boxes: list[np.ndarray], scores: list[np.ndarray]
@@ -99,6 +102,61 @@ class TopDownFrameModel:
             self.topdown.predict_on_boxes(image, b, s) if len(b) else []
             for image, b, s in zip(images, boxes, scores, strict=True)
         ]
+
+
+def model_build_options(**options: Any) -> dict[str, Any]:
+    """The arguments of `build_frame_model` for the model a `Pipeline(**options)` would build (its
+    defaults where not given): what a model server process needs to build the same one."""
+    import inspect
+
+    bound = inspect.signature(Pipeline.__init__).bind(None, **options)
+    bound.apply_defaults()
+    args = bound.arguments
+    build = {
+        k: args[k] for k in ("pose", "det", "backend", "device", "precision", "pose_weights", "det_weights")
+    }
+    return {**build, "temporal": _temporal_config(**{k: args[k] for k in _TEMPORAL_OPTIONS})}
+
+
+_TEMPORAL_OPTIONS = ("temporal", "det_interval", "track", "smooth", "kpt_thr", "one_euro", "tracker")
+
+
+def _temporal_config(
+    temporal: TemporalConfig | None, det_interval: int, track: bool, smooth: bool, kpt_thr: float,
+    one_euro: OneEuroParams | None, tracker: TrackerConfig | None,
+) -> TemporalConfig:  # fmt: skip
+    return temporal or TemporalConfig(
+        det_interval=det_interval, track=track, smooth=smooth and track, kpt_thr=kpt_thr,
+        one_euro=one_euro or OneEuroParams(), tracker=tracker or TrackerConfig(),
+    )  # fmt: skip
+
+
+def build_frame_model(
+    pose: str | os.PathLike[str],
+    det: str | os.PathLike[str],
+    temporal: TemporalConfig,
+    *,
+    backend: str = "auto",
+    device: str = "cpu",
+    precision: str = "fp32",
+    pose_weights: str | os.PathLike[str] | None = None,
+    det_weights: str | os.PathLike[str] | None = None,
+) -> TopDownFrameModel:
+    """The `TopDown` models of a video pipeline with these temporal settings."""
+    from rtpose.pipelines.topdown import TopDown
+
+    # with tracking, low-score boxes are wanted too: ByteTrack uses them to continue tracks
+    det_score_thr = temporal.tracker.low_thr if temporal.track else None
+    topdown = TopDown(  # its ONNX Runtime engines do not spin (see TopDown.__init__)
+        pose, det, backend=backend, device=device, precision=precision, pose_weights=pose_weights,
+        det_weights=det_weights, det_score_thr=det_score_thr,
+    )  # fmt: skip
+    return TopDownFrameModel(topdown)
+
+
+class ModelGone(RtposeError):
+    """The model can serve no more frames (its server process ended): the pipeline stops instead of
+    failing every following frame one by one."""
 
 
 @dataclass
@@ -225,20 +283,12 @@ class Pipeline(StreamRunner):
             raise RtposeError(f"batch_size must be at least 1, not {batch_size}")
         if batch_timeout < 0:
             raise RtposeError(f"batch_timeout must be >= 0, not {batch_timeout}")
-        self.temporal = temporal or TemporalConfig(
-            det_interval=det_interval, track=track, smooth=smooth and track, kpt_thr=kpt_thr,
-            one_euro=one_euro or OneEuroParams(), tracker=tracker or TrackerConfig(),
-        )  # fmt: skip
+        self.temporal = _temporal_config(temporal, det_interval, track, smooth, kpt_thr, one_euro, tracker)
         if model is None:
-            from rtpose.pipelines.topdown import TopDown
-
-            # with tracking, low-score boxes are wanted too: ByteTrack uses them to continue tracks
-            det_score_thr = self.temporal.tracker.low_thr if self.temporal.track else None
-            topdown = TopDown(  # its ONNX Runtime engines do not spin (see TopDown.__init__)
-                pose, det, backend=backend, device=device, precision=precision, pose_weights=pose_weights,
-                det_weights=det_weights, det_score_thr=det_score_thr,
+            model = build_frame_model(
+                pose, det, self.temporal, backend=backend, device=device, precision=precision,
+                pose_weights=pose_weights, det_weights=det_weights,
             )  # fmt: skip
-            model = TopDownFrameModel(topdown)
         self.model = model
         self.batch_size, self.batch_timeout = int(batch_size), float(batch_timeout)
         self.kpt_thr = kpt_thr
@@ -328,6 +378,8 @@ class Pipeline(StreamRunner):
             plans.append(state.plan(frame.image.shape[:2]))
         try:
             people = self._run_model(frames, plans)
+        except ModelGone:
+            raise
         except Exception as exc:  # find the frame at fault: run each alone, so the others still get results
             if len(frames) == 1:
                 return [self._failed(frames[0], exc)]
@@ -346,12 +398,12 @@ class Pipeline(StreamRunner):
         states = [self._states[f.stream] for f in frames]
         both = getattr(self.model, "detect_and_pose", None)
         if both is not None and all(plan is None for plan in plans):
-            return both(images, lambda i, boxes, scores: states[i].pose_candidates(boxes, scores))
+            return both(images, [state.pose_candidates() for state in states])
         to_detect = [i for i, plan in enumerate(plans) if plan is None]
         boxes: list[BoxesAndScores | None] = list(plans)
         if to_detect:
             for i, found in zip(to_detect, self.model.detect([images[i] for i in to_detect]), strict=True):
-                boxes[i] = states[i].pose_candidates(*found)
+                boxes[i] = states[i].pose_candidates()(*found)
         chosen = [b for b in boxes if b is not None]
         return self.model.pose(images, [b[0] for b in chosen], [b[1] for b in chosen])
 

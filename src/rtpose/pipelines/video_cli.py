@@ -78,7 +78,12 @@ def add_video_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         action="store_true",
         help="drop the oldest frames when the model falls behind (default: lose nothing)",
     )
-    parser.add_argument("--decode", default="auto", choices=DECODE_MODES, help="where to decode video")
+    parser.add_argument(
+        "--decode", default="auto", choices=DECODE_MODES,
+        help="where to decode video: cpu (FFmpeg threads), nvdec (the GPU's decoder; frames come back to "
+             "host memory) or auto (= cpu: faster per stream on the H100 host, and no CUDA context per "
+             "stream taking turns with the models; see docs/benchmarks.md) (default auto)",
+    )  # fmt: skip
     parser.add_argument(
         "--loop",
         action="store_true",
@@ -100,6 +105,11 @@ def add_video_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         help="spread the streams over N processes, each decoding, inferring and tracking its own streams; "
              "on the H100 with 8 streams, 4 workers ran ~2x the frames/s of one process, more were no "
              "faster (see docs/benchmarks.md) (default 1)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--model-server", action="store_true",
+        help="with --workers: run the models in one more process that serves every worker (one GPU "
+             "context, batches of all streams); the workers decode, track and draw",
     )  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="no status line")
     parser.set_defaults(handler=run_video)
@@ -168,10 +178,12 @@ def run_video(args: argparse.Namespace) -> int:
         one_euro=OneEuroParams(args.min_cutoff, args.beta, args.d_cutoff), out_dir=args.out, jsonl=args.jsonl,
     )  # fmt: skip
     try:
-        if args.workers > 1:
+        if args.workers > 1 or args.model_server:
             from rtpose.pipelines.multiprocess import ProcessPipeline
 
-            pipeline: Any = ProcessPipeline(args.pose, args.det, workers=args.workers, **options)
+            pipeline: Any = ProcessPipeline(
+                args.pose, args.det, workers=args.workers, model_server=args.model_server, **options
+            )
         else:
             pipeline = Pipeline(args.pose, args.det, **options)
     except RtposeError as exc:

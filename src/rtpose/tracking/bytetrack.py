@@ -85,6 +85,29 @@ class Track:
         return xyah_to_xyxy(self.mean[:4])
 
 
+@dataclass(frozen=True)
+class UsableDetections:
+    """The detections ByteTrack's `update` can use on a frame, as a mask: every high-score one, and the
+    low-score ones that overlap the predicted box of a tracked track enough for the low-score match
+    (step 3 of the module docstring, taken over all tracked tracks, so a superset)."""
+
+    #: predicted boxes (K, 4) x1y1x2y2 of the tracked tracks
+    predicted: np.ndarray
+    high_thr: float
+    low_thr: float
+    low_match_cost: float
+
+    def __call__(self, boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+        usable = scores >= self.high_thr
+        low = np.flatnonzero((scores >= self.low_thr) & ~usable)
+        if len(low) == 0 or len(self.predicted) == 0:
+            return usable
+        similarity = iou_matrix(np.asarray(boxes, dtype=np.float64).reshape(-1, 4)[low], self.predicted)
+        usable[low] = (1.0 - similarity.max(axis=1)) <= self.low_match_cost + 1e-9
+        return usable
+
+
 class ByteTracker:
     """Assigns stable `track_id`s to the people of consecutive frames of one stream."""
 
@@ -150,22 +173,21 @@ class ByteTracker:
         return [with_track_id(people[i], assigned[i].track_id) for i in sorted(assigned)]
 
     def usable(self, boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        """Which detections of the next frame `update` can use, as a boolean mask: every high-score one,
-        and the low-score ones that overlap the predicted box of a tracked track enough for the
-        low-score match (step 3 of the module docstring, taken over all tracked tracks, so a superset).
+        """Which detections of the next frame `update` can use, as a boolean mask (see `UsableDetections`).
         The others are never reported: a pipeline need not compute their poses."""
+        return self.usable_rule()(boxes, scores)
+
+    def usable_rule(self) -> UsableDetections:
+        """`usable` as a value taken now, for the next frame: it can be applied later or in another
+        process (the video pipeline's model server) and gives the same mask."""
         cfg = self.config
-        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-        usable = scores >= cfg.high_thr
-        low = np.flatnonzero((scores >= cfg.low_thr) & ~usable)
         tracked = [t for t in self.tracks if t.state == TrackState.TRACKED]
-        if len(low) == 0 or not tracked:
-            return usable
-        predicted = np.array([t.mean for t in tracked]) @ self.kalman.transition.T  # as `_predict` does
-        similarity = iou_matrix(np.asarray(boxes, dtype=np.float64).reshape(-1, 4)[low],
-                                xyah_to_xyxy(predicted[:, :4]))  # fmt: skip
-        usable[low] = (1.0 - similarity.max(axis=1)) <= cfg.low_match_cost + 1e-9
-        return usable
+        if tracked:
+            predicted = np.array([t.mean for t in tracked]) @ self.kalman.transition.T  # as `_predict` does
+            boxes = xyah_to_xyxy(predicted[:, :4])
+        else:
+            boxes = np.zeros((0, 4))
+        return UsableDetections(boxes, cfg.high_thr, cfg.low_thr, cfg.low_match_cost)
 
     # -- internals --------------------------------------------------------------------------------
     def _take_id(self) -> int:

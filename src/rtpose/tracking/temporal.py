@@ -5,7 +5,7 @@ The model calls themselves are made by the pipeline (batched across streams); th
 stream's state between its frames:
 
     boxes = state.plan(image_size)        # None: run the detector on this frame
-    boxes = state.pose_candidates(<detector boxes, scores>)   # on detector frames
+    boxes = state.pose_candidates()(<detector boxes, scores>)   # on detector frames
     people = <pose model on these boxes>
     people = state.finish(people, time_s, detected=boxes is None)
 
@@ -22,7 +22,7 @@ import numpy as np
 
 from rtpose.errors import RtposeError
 from rtpose.postprocess.pose_nms import oks_nms
-from rtpose.tracking.bytetrack import ByteTracker, TrackerConfig
+from rtpose.tracking.bytetrack import ByteTracker, TrackerConfig, UsableDetections
 from rtpose.tracking.keypoint_boxes import boxes_from_people
 from rtpose.tracking.one_euro import OneEuroParams, PoseSmoother
 from rtpose.types import Person
@@ -89,6 +89,20 @@ def pose_nms(people: list[Person], thr: float) -> list[Person]:
     return [p for p in people if p.keypoints is None or id(p) in kept_ids]
 
 
+@dataclass(frozen=True)
+class PoseCandidates:
+    """`(boxes (M, 4), scores (M,)) -> (boxes, scores)`: the detections that get a pose (see
+    `StreamTemporalState.pose_candidates`); picklable."""
+
+    usable: UsableDetections | None = None
+
+    def __call__(self, boxes: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.usable is None or len(boxes) == 0:
+            return boxes, scores
+        keep = self.usable(boxes, scores)
+        return boxes[keep], scores[keep]
+
+
 class StreamTemporalState:
     """Everything one stream remembers between frames."""
 
@@ -113,14 +127,12 @@ class StreamTemporalState:
             return None
         return boxes, scores
 
-    def pose_candidates(self, boxes: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The detections of this stream's next frame worth a pose. With tracking, those the tracker can
-        use (`ByteTracker.usable`): a low-score box far from every tracked person would be dropped after
-        its pose was computed (on the street video about half the boxes). Without tracking, all."""
-        if self.tracker is None or len(boxes) == 0:
-            return boxes, scores
-        keep = self.tracker.usable(boxes, scores)
-        return boxes[keep], scores[keep]
+    def pose_candidates(self) -> PoseCandidates:
+        """Which detections of this stream's next frame are worth a pose, as a value that can be applied
+        later or in another process. With tracking, those the tracker can use (`ByteTracker.usable`): a
+        low-score box far from every tracked person would be dropped after its pose was computed (on the
+        street video about half the boxes). Without tracking, all."""
+        return PoseCandidates(self.tracker.usable_rule() if self.tracker is not None else None)
 
     def finish(self, people: list[Person], time_s: float, *, detected: bool) -> list[Person]:
         """Post-process the poses of this stream's next frame; returns the people to report."""

@@ -1,0 +1,350 @@
+"""One process runs the models of a `ProcessPipeline` for all its workers: the model server.
+
+Why: with every worker owning its own copy of the engines (`ProcessPipeline` without a server), 8 streams
+on the H100 stopped at ~300 frames/s with 4 workers and 8 were no faster: each worker's steps are small
+(its own 1-2 frames), each waits twice for the GPU, and the workers' CUDA contexts take turns on the GPU.
+With a server, the workers keep what parallelises on the CPU (decoding, tracking, smoothing, drawing,
+encoding) and send their frames here; the server answers the requests of all workers that are waiting
+with one batched model call, so the GPU sees one context and batches of all streams.
+
+Frames travel through shared memory (`FrameSlots`, one block per image of a request, reused while the
+frame size stays), everything else (boxes, the pose-candidate rules, the people found) through one pipe
+per worker:
+
+    worker -> server: (op, [FrameRef], args)   op: "detect" | "pose" | "detect_and_pose"
+    server -> worker: ("ok", [result per image]) | ("error", message)
+
+A request whose merged batch fails is retried alone, so a bad frame fails only its own request. The
+server ends when every worker has closed its pipe; a worker whose server is gone gets `ModelGone`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from multiprocessing import shared_memory
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+import numpy as np
+
+from rtpose.errors import RtposeError
+from rtpose.pipelines.video import BoxesAndScores, FramePoseModel, ModelGone, SelectRule
+from rtpose.types import Person
+
+logger = logging.getLogger("rtpose.video")
+
+OPERATIONS = ("detect", "pose", "detect_and_pose")
+
+
+@dataclass(frozen=True)
+class FrameRef:
+    """Where one image of a request lies: shared-memory block `name`, holding an array of `shape`."""
+
+    slot: int
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+class FrameSlots:
+    """The worker's shared-memory blocks for the images of one request (the worker waits for the answer
+    before it writes the next request, so one block per image position suffices)."""
+
+    def __init__(self) -> None:
+        self._blocks: list[shared_memory.SharedMemory] = []
+
+    def put(self, images: Sequence[np.ndarray]) -> list[FrameRef]:
+        refs = []
+        for slot, image in enumerate(images):
+            image = np.asarray(image)
+            if slot == len(self._blocks):
+                self._blocks.append(shared_memory.SharedMemory(create=True, size=max(1, image.nbytes)))
+            elif self._blocks[slot].size < image.nbytes:  # a larger frame than before: a new block
+                self._release(self._blocks[slot])
+                self._blocks[slot] = shared_memory.SharedMemory(create=True, size=image.nbytes)
+            block = self._blocks[slot]
+            np.ndarray(image.shape, image.dtype, buffer=block.buf)[...] = image
+            refs.append(FrameRef(slot, block.name, tuple(image.shape), image.dtype.str))
+        return refs
+
+    def close(self) -> None:
+        for block in self._blocks:
+            self._release(block)
+        self._blocks.clear()
+
+    @staticmethod
+    def _release(block: shared_memory.SharedMemory) -> None:
+        block.close()
+        with contextlib.suppress(FileNotFoundError):
+            block.unlink()
+
+
+def _attach(name: str) -> shared_memory.SharedMemory:
+    """Open a block a worker made, leaving its cleanup to the worker. Before Python 3.13 opening also
+    registers it with the resource tracker; the server and its workers are spawned by one parent and
+    share that parent's tracker, which keeps one entry per name, so the worker's unlink clears it."""
+    if sys.version_info >= (3, 13):
+        return shared_memory.SharedMemory(name=name, track=False)
+    return shared_memory.SharedMemory(name=name)
+
+
+class SharedFrames:
+    """The server's view of the workers' `FrameSlots` (blocks opened once, reopened when replaced).
+
+    pin: register each block with CUDA as page-locked memory, so the model's frame upload reads it
+    directly (no copy into a staging buffer first; `graphed.FrameBuffer.load`)."""
+
+    def __init__(self, pin: bool = False) -> None:
+        self.pin = pin
+        self._open: dict[tuple[int, int], tuple[shared_memory.SharedMemory, int | None]] = {}
+
+    def view(self, worker: int, ref: FrameRef) -> np.ndarray:
+        key = (worker, ref.slot)
+        entry = self._open.get(key)
+        if entry is None or entry[0].name.lstrip("/") != ref.name.lstrip("/"):
+            if entry is not None:
+                self._close(*entry)
+            block = _attach(ref.name)
+            entry = self._open[key] = (block, self._register(block) if self.pin else None)
+        return np.ndarray(ref.shape, np.dtype(ref.dtype), buffer=entry[0].buf)
+
+    def forget(self, worker: int) -> None:
+        for key in [k for k in self._open if k[0] == worker]:
+            self._close(*self._open.pop(key))
+
+    def close(self) -> None:
+        for entry in self._open.values():
+            self._close(*entry)
+        self._open.clear()
+
+    def _register(self, block: shared_memory.SharedMemory) -> int | None:
+        import torch
+
+        address = np.frombuffer(block.buf, np.uint8).ctypes.data
+        if int(torch.cuda.cudart().cudaHostRegister(address, block.size, 0)) != 0:
+            logger.debug("could not page-lock a frame block; its frames go through a staging copy")
+            self.pin = False
+            return None
+        return address
+
+    @staticmethod
+    def _close(block: shared_memory.SharedMemory, registered: int | None) -> None:
+        if registered is not None:
+            import torch
+
+            torch.cuda.cudart().cudaHostUnregister(registered)
+        with contextlib.suppress(BufferError):  # a view still alive: the mapping goes with it
+            block.close()
+
+
+class RemoteFrameModel:
+    """`FramePoseModel` of a worker: each call is one request to the model server."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self._slots = FrameSlots()
+
+    def detect(self, images: list[np.ndarray]) -> list[BoxesAndScores]:
+        return self._call("detect", images, [None] * len(images))
+
+    def pose(
+        self, images: list[np.ndarray], boxes: list[np.ndarray], scores: list[np.ndarray]
+    ) -> list[list[Person]]:
+        return self._call("pose", images, list(zip(boxes, scores, strict=True)))
+
+    def detect_and_pose(
+        self, images: list[np.ndarray], candidates: Sequence[SelectRule]
+    ) -> list[list[Person]]:
+        return self._call("detect_and_pose", images, list(candidates))
+
+    def close(self) -> None:
+        self._slots.close()
+        self._connection.close()
+
+    def _call(self, op: str, images: list[np.ndarray], args: list[Any]) -> Any:
+        refs = self._slots.put(images)
+        try:
+            self._connection.send((op, refs, args))
+            status, payload = self._connection.recv()
+        except (EOFError, OSError) as exc:
+            raise ModelGone(f"the model server has stopped ({type(exc).__name__})") from exc
+        if status != "ok":
+            raise RtposeError(payload)
+        return payload
+
+
+def run_merged(model: FramePoseModel, op: str, images: list[np.ndarray], args: list[Any]) -> list[Any]:
+    """One model call for the images of several requests: a result per image."""
+    if op == "detect":
+        return model.detect(images)
+    if op == "pose":
+        return model.pose(images, [a[0] for a in args], [a[1] for a in args])
+    if op == "detect_and_pose":
+        both = getattr(model, "detect_and_pose", None)
+        if both is not None:
+            return both(images, args)
+        found = model.detect(images)
+        chosen = [rule(*boxes) for rule, boxes in zip(args, found, strict=True)]
+        return model.pose(images, [c[0] for c in chosen], [c[1] for c in chosen])
+    raise RtposeError(f"unknown model-server operation {op!r}")
+
+
+class ModelServer:
+    """The serving loop over one pipe per worker (see the module docstring).
+
+    batch_wait: after the first request of a step arrives, how long to wait for the other workers'
+    requests before calling the model with what has come (it calls at once when every worker waits).
+    For a model on a GPU with CUDA-graph steps per batch size: pad_batches fills each batch up to a
+    power of two with frames that get no pose (empty box sets), so the steps stay few (they are kept
+    for 4 sizes; requests merged freely would need one for every count and recapture in turn);
+    pin_frames reads the frames from shared memory registered as page-locked (no staging copy).
+    """
+
+    def __init__(
+        self,
+        model: FramePoseModel,
+        connections: Sequence[Connection],
+        batch_wait: float = 0.002,
+        *,
+        pad_batches: bool = False,
+        pin_frames: bool = False,
+    ) -> None:
+        self.model = model
+        self.batch_wait = float(batch_wait)
+        self.pad_batches = pad_batches
+        self._workers = {connection: index for index, connection in enumerate(connections)}
+        self._frames = SharedFrames(pin=pin_frames)
+        #: what the server did: model steps, requests and frames answered, seconds spent answering
+        self.stats: dict[str, Any] = {"steps": 0, "requests": 0, "frames": 0, "busy_s": 0.0}
+        #: the same per second of `time.monotonic()` (a clock all processes of the machine share):
+        #: second -> [steps, frames, busy seconds]
+        self.timeline: dict[int, list[float]] = {}
+
+    def run(self) -> None:
+        """Serve until every worker has closed its pipe."""
+        open_ = set(self._workers)
+        pending: dict[Connection, tuple] = {}
+        deadline = 0.0
+        try:
+            while open_ or pending:
+                listening = [c for c in open_ if c not in pending]
+                timeout = None if not pending else max(0.0, deadline - time.monotonic())
+                ready = (
+                    wait(listening, timeout=timeout) if listening and (timeout is None or timeout > 0) else []
+                )
+                for connection in ready:
+                    try:
+                        request = connection.recv()
+                    except (EOFError, OSError):  # the worker ended (or died)
+                        open_.discard(connection)
+                        self._frames.forget(self._workers[connection])
+                        continue
+                    if not pending:
+                        deadline = time.monotonic() + self.batch_wait
+                    pending[connection] = request
+                if pending and (len(pending) >= len(open_) or time.monotonic() >= deadline):
+                    began = time.monotonic()
+                    self._serve(pending)
+                    busy = time.monotonic() - began
+                    self.stats["busy_s"] += busy
+                    second = self.timeline.setdefault(int(began), [0, 0, 0.0])
+                    second[0] += 1
+                    second[1] += sum(len(request[1]) for request in pending.values())
+                    second[2] += busy
+                    if len(self.timeline) > 3600:
+                        del self.timeline[min(self.timeline)]
+                    pending = {}
+        finally:
+            self._frames.close()
+
+    def _serve(self, pending: dict[Connection, tuple]) -> None:
+        self.stats["steps"] += 1
+        self.stats["requests"] += len(pending)
+        self.stats["frames"] += sum(len(request[1]) for request in pending.values())
+        by_op: dict[str, list[tuple[Connection, list[np.ndarray], list[Any]]]] = {}
+        for connection, (op, refs, args) in pending.items():
+            worker = self._workers[connection]
+            try:
+                images = [self._frames.view(worker, ref) for ref in refs]
+            except (OSError, ValueError, TypeError) as exc:
+                self._reply(connection, ("error", f"model server could not read the frames: {exc}"))
+                continue
+            by_op.setdefault(op, []).append((connection, images, args))
+        for op, requests in by_op.items():
+            images = [image for _, request_images, _ in requests for image in request_images]
+            args = [arg for _, _, request_args in requests for arg in request_args]
+            if self.pad_batches:
+                images, args = _padded(op, images, args)
+            try:
+                merged = run_merged(self.model, op, images, args)
+            except Exception as exc:
+                if len(requests) == 1:
+                    self._reply(requests[0][0], ("error", _error_text(exc)))
+                    continue
+                logger.debug("merged %s of %d requests failed (%s); each alone", op, len(requests), exc)
+                for connection, images, args in requests:
+                    try:
+                        self._reply(connection, ("ok", run_merged(self.model, op, images, args)))
+                    except Exception as alone:
+                        self._reply(connection, ("error", _error_text(alone)))
+                continue
+            start = 0
+            for connection, images, _ in requests:
+                self._reply(connection, ("ok", merged[start : start + len(images)]))
+                start += len(images)
+
+    def _reply(self, connection: Connection, message: tuple) -> None:
+        with contextlib.suppress(OSError):  # the worker is gone; its pipe's EOF is seen next round
+            connection.send(message)
+
+
+def _no_pose(boxes: np.ndarray, scores: np.ndarray) -> BoxesAndScores:
+    return boxes[:0], scores[:0]
+
+
+def _padded(op: str, images: list[np.ndarray], args: list[Any]) -> tuple[list[np.ndarray], list[Any]]:
+    """`images` and `args` filled up to a power of two with the first image again, given no boxes to
+    pose (see `ModelServer`); the answers for the padding are left unread."""
+    size = 1 << (len(images) - 1).bit_length()
+    extra = size - len(images)
+    if extra == 0:
+        return images, args
+    blank: Any = {"detect": None, "detect_and_pose": _no_pose,
+                  "pose": (np.zeros((0, 4), np.float32), np.zeros(0, np.float32))}.get(op)  # fmt: skip
+    return images + [images[0]] * extra, args + [blank] * extra
+
+
+def _error_text(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, RtposeError) else f"internal error: {type(exc).__name__}: {exc}"
+
+
+def server_main(
+    build: dict, connections: list[Connection], control: Connection, threads: int, batch_wait: float
+) -> None:
+    """Entry of the server process: builds the models (`build_frame_model(**build)`), says "ready" (or
+    "failed") on `control`, serves, and at the end reports ("done", `ModelServer.stats` with its
+    `timeline`)."""
+    from rtpose.pipelines.multiprocess import limit_threads
+    from rtpose.pipelines.video import build_frame_model
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's; the server ends with its workers
+    try:
+        limit_threads(threads)
+        model = build_frame_model(**build)
+    except BaseException as exc:
+        control.send(("failed", -1, f"{type(exc).__name__}: {exc}"))
+        return
+    control.send(("ready", -1, None))
+    cuda = str(build.get("device", "cpu")).startswith("cuda")
+    server = ModelServer(model, connections, batch_wait, pad_batches=cuda, pin_frames=cuda)
+    try:
+        server.run()
+    finally:
+        with contextlib.suppress(OSError):
+            control.send(("done", -1, {**server.stats, "timeline": server.timeline}))

@@ -1,0 +1,137 @@
+"""The model server's loop in-process: requests of several workers merged into one model call, a failing
+request answered alone, frames through shared memory, the end when every worker has gone."""
+
+from __future__ import annotations
+
+import pickle
+import threading
+from multiprocessing import Pipe
+
+import numpy as np
+import pytest
+from tests.video.fakes import BlobModel, scene_frame
+
+from rtpose.errors import RtposeError
+from rtpose.pipelines.model_server import FrameSlots, ModelServer, RemoteFrameModel, SharedFrames
+from rtpose.pipelines.video import ModelGone
+from rtpose.tracking.temporal import PoseCandidates
+
+
+class RecordingModel(BlobModel):
+    """`BlobModel` that fails on an all-white frame (a stand-in for a frame the model chokes on)."""
+
+    def detect(self, images):
+        if any(image.min() == 255 for image in images):
+            raise RtposeError("cannot read a white frame")
+        return super().detect(images)
+
+
+def _serve(model, connections, wait: float = 0.5, **options) -> threading.Thread:
+    server = ModelServer(model, connections, batch_wait=wait, **options)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    thread.server = server  # type: ignore[attr-defined]
+    return thread
+
+
+def test_requests_of_two_workers_become_one_model_call_with_the_same_answers() -> None:
+    model = RecordingModel()
+    (server_a, worker_a), (server_b, worker_b) = Pipe(), Pipe()
+    thread = _serve(model, [server_a, server_b])
+    remote_a, remote_b = RemoteFrameModel(worker_a), RemoteFrameModel(worker_b)
+    frames_a, frames_b = [scene_frame(0), scene_frame(5)], [scene_frame(9)]
+    answers: dict[str, list] = {}
+
+    def ask(name: str, remote: RemoteFrameModel, frames: list) -> None:
+        answers[name] = remote.detect(frames)
+
+    calls = [threading.Thread(target=ask, args=("a", remote_a, frames_a)),
+             threading.Thread(target=ask, args=("b", remote_b, frames_b))]  # fmt: skip
+    for call in calls:
+        call.start()
+    for call in calls:
+        call.join(timeout=10)
+    reference = BlobModel().detect(frames_a + frames_b)
+    for got, want in zip(answers["a"] + answers["b"], reference, strict=True):
+        np.testing.assert_array_equal(got[0], want[0])
+    assert model.detect_calls == [3]  # both requests in one call
+
+    # both stages with the pose-candidate rules travelling as values
+    people = remote_a.detect_and_pose(frames_a, [PoseCandidates(), PoseCandidates()])
+    assert [len(p) for p in people] == [len(b) for b, _ in reference[:2]]
+    remote_a.close()
+    remote_b.close()
+    thread.join(timeout=10)
+    assert not thread.is_alive()  # every worker gone: the server ends
+    assert thread.server.stats["frames"] == 5  # type: ignore[attr-defined]
+
+
+def test_a_failing_request_fails_alone() -> None:
+    model = RecordingModel()
+    (server_a, worker_a), (server_b, worker_b) = Pipe(), Pipe()
+    thread = _serve(model, [server_a, server_b])
+    remote_a, remote_b = RemoteFrameModel(worker_a), RemoteFrameModel(worker_b)
+    white = np.full((120, 160, 3), 255, np.uint8)
+    outcome: dict[str, object] = {}
+
+    def ask(name: str, remote: RemoteFrameModel, frames: list) -> None:
+        try:
+            outcome[name] = remote.detect(frames)
+        except RtposeError as exc:
+            outcome[name] = exc
+
+    calls = [threading.Thread(target=ask, args=("bad", remote_a, [white])),
+             threading.Thread(target=ask, args=("good", remote_b, [scene_frame(3)]))]  # fmt: skip
+    for call in calls:
+        call.start()
+    for call in calls:
+        call.join(timeout=10)
+    assert isinstance(outcome["bad"], RtposeError) and "white frame" in str(outcome["bad"])
+    assert isinstance(outcome["good"], list) and len(outcome["good"][0][0]) == 2
+    remote_a.close()
+    remote_b.close()
+    thread.join(timeout=10)
+
+
+def test_a_gone_server_is_model_gone() -> None:
+    server_end, worker_end = Pipe()
+    server_end.close()
+    remote = RemoteFrameModel(worker_end)
+    with pytest.raises(ModelGone, match="model server has stopped"):
+        remote.detect([scene_frame(0)])
+    remote.close()
+
+
+def test_frames_travel_through_shared_memory_and_blocks_grow() -> None:
+    slots, frames = FrameSlots(), SharedFrames()
+    try:
+        small, large = scene_frame(1), scene_frame(2, size=(240, 320))
+        (ref,) = slots.put([small])
+        np.testing.assert_array_equal(frames.view(0, ref), small)
+        (bigger,) = slots.put([large])  # a larger frame: a new block, reopened by the reader
+        assert bigger.name != ref.name
+        np.testing.assert_array_equal(frames.view(0, bigger), large)
+    finally:
+        frames.close()
+        slots.close()
+
+
+def test_pose_candidate_rules_are_values() -> None:
+    rule = PoseCandidates()
+    boxes, scores = np.zeros((2, 4)), np.array([0.9, 0.1])
+    copy = pickle.loads(pickle.dumps(rule))
+    assert [a.tolist() for a in copy(boxes, scores)] == [a.tolist() for a in rule(boxes, scores)]
+
+
+def test_padded_batches_are_powers_of_two_whose_padding_gets_no_pose() -> None:
+    model = RecordingModel()
+    server_end, worker_end = Pipe()
+    thread = _serve(model, [server_end], pad_batches=True)
+    remote = RemoteFrameModel(worker_end)
+    frames = [scene_frame(i) for i in (0, 4, 8)]
+    people = remote.detect_and_pose(frames, [PoseCandidates()] * 3)
+    assert len(people) == 3 and all(len(p) == 2 for p in people)
+    assert model.detect_calls == [4]  # three frames and one of padding
+    assert model.pose_calls == [6]  # the padding frame's two blobs got no pose
+    remote.close()
+    thread.join(timeout=10)
