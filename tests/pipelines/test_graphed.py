@@ -202,3 +202,22 @@ def test_cuda_graph_steps_match_the_eager_path(rtpose_env: dict, random_rtmpose_
     for _ in range(3):  # replays give fresh results, not the first call's
         assert _json(steps.predict_batch(images[::-1])) == _json(steps.predict_batch(images[::-1]))
     assert len(steps.predict_batch(images[::-1])[0]) == len(got[1])
+
+
+@pytest.mark.gpu
+def test_frame_buffer_reads_pinned_host_images_where_they_lie() -> None:
+    """Host images in page-locked memory (a model server's registered shared memory) are copied to the
+    device straight from there; pageable ones through the staging buffer; either way the same pixels."""
+    device = torch.device("cuda")
+    pinned = torch.randint(0, 255, (2, 6, 10, 3), dtype=torch.uint8).pin_memory()
+    pageable = np.random.default_rng(0).integers(0, 255, (6, 10, 3), dtype=np.uint8)
+    only_pinned = graphed.FrameBuffer(2, 6, 10, device)
+    only_pinned.load([pinned[0].numpy(), pinned[1].numpy()])
+    torch.cuda.synchronize()
+    assert only_pinned._staging is None  # no staging copy was needed
+    assert torch.equal(only_pinned.images.cpu(), pinned)
+    mixed = graphed.FrameBuffer(2, 6, 10, device)
+    mixed.load([pageable, pinned[1].numpy()])
+    torch.cuda.synchronize()
+    assert np.array_equal(mixed.images[0].cpu().numpy(), pageable)
+    assert torch.equal(mixed.images[1].cpu(), pinned[1])

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 
 from rtpose.errors import RtposeError
@@ -215,3 +216,27 @@ def test_a_killed_model_server_ends_the_streams_instead_of_failing_every_frame(
     ends = {e.stream: e for e in served.ended}
     assert set(ends) == {"one", "two"}
     assert all(e.reason == "failed" and "model server" in e.error for e in ends.values())
+
+
+@pytest.mark.gpu
+def test_model_server_on_the_gpu_gives_the_one_process_results(street: list, rtpose_env: dict) -> None:
+    """Compiled FP16 engines with CUDA-graph steps in the server: frames read from registered shared
+    memory, batches padded to powers of two; the same people as one `Pipeline` (FP16 kernels chosen per
+    batch size may differ in the last bits: keypoints within a pixel)."""
+    options = {**OPTIONS, "backend": "compiled", "device": "cuda", "precision": "fp16"}
+    sources = {"a": street[:6], "b": street[6:], "c": street[2:8]}
+    with Pipeline(**options) as single:
+        for name, frames in sources.items():
+            single.add_source(frames, name=name, fps=25)
+        expected = {(r.stream, r.frame): r for r in single}
+    served = ProcessPipeline(workers=3, model_server=True, **options)
+    for name, frames in sources.items():
+        served.add_source(frames, name=name, fps=25)
+    got = {(r.stream, r.frame): r for r in served}
+    assert got.keys() == expected.keys() and all(r.error is None for r in got.values())
+    for key, result in got.items():
+        want = expected[key]
+        assert [p.track_id for p in result.people] == [p.track_id for p in want.people]
+        for mine, theirs in zip(result.people, want.people, strict=True):
+            np.testing.assert_allclose(mine.keypoints, theirs.keypoints, atol=1.0)
+    assert served.server_stats is not None and served.server_stats["frames"] == 18

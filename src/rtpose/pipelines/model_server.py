@@ -1,11 +1,13 @@
 """One process runs the models of a `ProcessPipeline` for all its workers: the model server.
 
-Why: with every worker owning its own copy of the engines (`ProcessPipeline` without a server), 8 streams
-on the H100 stopped at ~300 frames/s with 4 workers and 8 were no faster: each worker's steps are small
-(its own 1-2 frames), each waits twice for the GPU, and the workers' CUDA contexts take turns on the GPU.
-With a server, the workers keep what parallelises on the CPU (decoding, tracking, smoothing, drawing,
-encoding) and send their frames here; the server answers the requests of all workers that are waiting
-with one batched model call, so the GPU sees one context and batches of all streams.
+Why: with every worker owning its own copy of the engines (`ProcessPipeline` without a server), each
+worker's steps are small (its own 1-2 frames), each holds a CUDA context and a copy of the engines, and
+the contexts take turns on the GPU. With a server, the workers keep what parallelises on the CPU
+(decoding, tracking, smoothing, drawing, encoding) and send their frames here; the server answers the
+requests of all workers that are waiting with one batched model call: one context, one copy of the
+engines, batches of all streams. Measured on the H100 (8 streams, 4 workers; docs/benchmarks.md) it is
+nevertheless slower than a model in every worker (344 vs 445 frames/s): this one thread waits for the
+GPU at every step, and the GPU idles while it does its host work; two steps in flight would remove that.
 
 Frames travel through shared memory (`FrameSlots`, one block per image of a request, reused while the
 frame size stays), everything else (boxes, the pose-candidate rules, the people found) through one pipe

@@ -103,13 +103,15 @@ def add_video_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     parser.add_argument(
         "--workers", type=int, default=1, metavar="N",
         help="spread the streams over N processes, each decoding, inferring and tracking its own streams; "
-             "on the H100 with 8 streams, 4 workers ran ~2x the frames/s of one process, more were no "
+             "on the H100 with 8 streams, 4 workers ran 1.7-2.4x the frames/s of one process, 8 were no "
              "faster (see docs/benchmarks.md) (default 1)",
     )  # fmt: skip
     parser.add_argument(
         "--model-server", action="store_true",
-        help="with --workers: run the models in one more process that serves every worker (one GPU "
-             "context, batches of all streams); the workers decode, track and draw",
+        help="with --workers: run the models in one more process that serves every worker (one copy of "
+             "the engines, one GPU context, batches of all streams); the workers decode, track and draw. "
+             "On the H100 it is slower than models in every worker (344 vs 445 frames/s, 8 streams, 4 "
+             "workers): the server waits for the GPU at every step",
     )  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="no status line")
     parser.set_defaults(handler=run_video)
