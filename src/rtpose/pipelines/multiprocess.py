@@ -146,7 +146,7 @@ class ProcessPipeline(StreamRunner):
         self.model_server, self.server_wait = bool(model_server), float(server_wait)
         self._server_build = model_build_options(**self.options) if model_server else None  # checks them
         #: what the model server did (`ModelServer.stats`), once it has ended
-        self.server_stats: dict[str, float] | None = None
+        self.server_stats: dict[str, Any] | None = None
         self.start_timeout = float(start_timeout)
         self.ended: list[StreamEnd] = []
         self.rates: dict[str, StreamRate] = {}
@@ -246,8 +246,10 @@ class ProcessPipeline(StreamRunner):
 
         first = _SERVER if self.model_server else 0
         try:
-            if used:  # alone first: it builds the engines (worker 0: the others then load from the cache)
-                start_server() if self.model_server else start(0)
+            if used and self.model_server:  # alone first: it builds the engines
+                start_server()
+            elif used:  # alone first: it builds the engines, the others then load them from the cache
+                start(0)
             waiting_first, deadline = used > 0, time.monotonic() + self.start_timeout
             while readers:
                 ready = wait(list(readers.values()), timeout=0.5)
