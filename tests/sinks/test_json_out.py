@@ -85,8 +85,12 @@ def test_jsonl_file_and_streaming_writer(tmp_path: Path) -> None:
         # each line is on disk as soon as it is written
         assert json.loads(path.read_text().splitlines()[-1]) == _result().to_json()
     assert writer.count == 1 and len(path.read_text().splitlines()) == 4
+    with JsonlWriter(tmp_path / "new" / "dir" / "x.jsonl") as writer:  # missing folders are made
+        writer.write({"frame": 0})
+    assert (tmp_path / "new" / "dir" / "x.jsonl").read_text() == '{"frame": 0}\n'
+    (tmp_path / "a_file").write_text("")
     with pytest.raises(RtposeError, match="cannot open"):
-        JsonlWriter(tmp_path / "missing" / "x.jsonl")
+        JsonlWriter(tmp_path / "a_file" / "x.jsonl")
 
 
 def _reference_to_jsonable(value: object) -> object:

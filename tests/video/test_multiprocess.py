@@ -197,6 +197,8 @@ def test_a_model_server_that_cannot_build_ends_every_stream(street: list, rtpose
     assert all("no-such-model" in e.error and "model server" in e.error for e in served.ended)
     with pytest.raises(RtposeError, match="server_wait"):
         ProcessPipeline(workers=2, model_server=True, server_wait=-1)
+    with pytest.raises(RtposeError, match="not an option of the video pipeline"):
+        ProcessPipeline(workers=2, model_server=True, det_intervall=5)
 
 
 def test_a_killed_model_server_ends_the_streams_instead_of_failing_every_frame(

@@ -109,7 +109,10 @@ def model_build_options(**options: Any) -> dict[str, Any]:
     defaults where not given): what a model server process needs to build the same one."""
     import inspect
 
-    bound = inspect.signature(Pipeline.__init__).bind(None, **options)
+    try:
+        bound = inspect.signature(Pipeline.__init__).bind(None, **options)
+    except TypeError as exc:
+        raise RtposeError(f"not an option of the video pipeline: {exc}") from None
     bound.apply_defaults()
     args = bound.arguments
     build = {

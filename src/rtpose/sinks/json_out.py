@@ -127,6 +127,7 @@ class JsonlWriter:
             self._handle: IO[str] = sys.stdout
         else:
             try:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
                 self._handle = open(self.path, "a" if append else "w", encoding="utf-8")  # noqa: SIM115
             except OSError as exc:
                 raise RtposeError(f"cannot open {self.path} for writing: {exc}") from None
