@@ -41,8 +41,6 @@ from rtpose.types import Person
 
 logger = logging.getLogger("rtpose.video")
 
-OPERATIONS = ("detect", "pose", "detect_and_pose")
-
 
 @dataclass(frozen=True)
 class FrameRef:
@@ -253,22 +251,21 @@ class ModelServer:
                 if pending and (len(pending) >= len(open_) or time.monotonic() >= deadline):
                     began = time.monotonic()
                     self._serve(pending)
-                    busy = time.monotonic() - began
-                    self.stats["busy_s"] += busy
-                    second = self.timeline.setdefault(int(began), [0, 0, 0.0])
-                    second[0] += 1
-                    second[1] += sum(len(request[1]) for request in pending.values())
-                    second[2] += busy
-                    if len(self.timeline) > 3600:
-                        del self.timeline[min(self.timeline)]
+                    self._record(pending, began, time.monotonic() - began)
                     pending = {}
         finally:
             self._frames.close()
 
+    def _record(self, pending: dict[Connection, tuple], began: float, busy: float) -> None:
+        frames = sum(len(request[1]) for request in pending.values())
+        for key, value in (("steps", 1), ("requests", len(pending)), ("frames", frames), ("busy_s", busy)):
+            self.stats[key] += value
+        second = self.timeline.setdefault(int(began), [0, 0, 0.0])
+        second[0], second[1], second[2] = second[0] + 1, second[1] + frames, second[2] + busy
+        if len(self.timeline) > 3600:
+            del self.timeline[min(self.timeline)]
+
     def _serve(self, pending: dict[Connection, tuple]) -> None:
-        self.stats["steps"] += 1
-        self.stats["requests"] += len(pending)
-        self.stats["frames"] += sum(len(request[1]) for request in pending.values())
         by_op: dict[str, list[tuple[Connection, list[np.ndarray], list[Any]]]] = {}
         for connection, (op, refs, args) in pending.items():
             worker = self._workers[connection]
