@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def test_workers_give_the_single_process_results(street: list, rtpose_env: dict,
         ("b", "finished", 6),
     ]
     assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 12
-    with pytest.raises(RtposeError, match="add them before"):
+    with pytest.raises(RtposeError, match="closed"):
         spread.add_source(street[:1])
 
 
@@ -242,3 +243,44 @@ def test_model_server_on_the_gpu_gives_the_one_process_results(street: list, rtp
         for mine, theirs in zip(result.people, want.people, strict=True):
             np.testing.assert_allclose(mine.keypoints, theirs.keypoints, atol=1.0)
     assert served.server_stats is not None and served.server_stats["frames"] == 18
+
+
+def test_sources_added_while_running_go_to_a_running_worker(
+    street: list, data_dir: Path, rtpose_env: dict
+) -> None:
+    spread = ProcessPipeline(workers=2, loop=True, **OPTIONS)
+    endless = spread.add_source(data_dir / "video" / "openpose_video.avi", name="endless")
+    spread.add_source(street[:4], name="short", fps=25)
+    seen: dict[str, list[int]] = {"endless": [], "short": [], "late": []}
+    for result in spread:
+        seen[result.stream].append(result.frame)
+        if result.stream == "endless" and len(seen["endless"]) == 3:
+            assert spread.add_source(street[4:9], name="late", fps=25) == "late"
+        if len(seen["late"]) == 5 and endless not in [e.stream for e in spread.ended]:
+            spread.remove_source(endless)
+    ends = {e.stream: (e.reason, e.frames) for e in spread.ended}
+    assert ends["late"] == ("finished", 5) and seen["late"] == [0, 1, 2, 3, 4]
+    assert ends["short"] == ("finished", 4) and ends["endless"][0] == "removed"
+    with pytest.raises(RtposeError, match="closed"):
+        spread.add_source(street[:2])
+
+
+def test_a_service_starts_empty_takes_sources_and_runs_until_stopped(street: list, rtpose_env: dict) -> None:
+    service = ProcessPipeline(workers=2, model_server=True, **OPTIONS)
+    added: list[str] = []
+
+    def add_later() -> None:
+        added.append(service.add_source(street[:3], name="cam1", fps=25))
+        added.append(service.add_source(street[3:6], name="cam2", fps=25))
+
+    timer = threading.Timer(0.5, add_later)
+    timer.start()
+    seen: dict[str, int] = {}
+    for result in service.results(stop_when_idle=False):
+        seen[result.stream] = seen.get(result.stream, 0) + 1
+        if sum(seen.values()) == 6:
+            service.stop()  # the streams have ended; the workers would otherwise wait for more
+    timer.join()
+    assert added == ["cam1", "cam2"] and seen == {"cam1": 3, "cam2": 3}
+    assert sorted((e.stream, e.reason) for e in service.ended) == [("cam1", "finished"), ("cam2", "finished")]
+    assert {service._owner["cam1"], service._owner["cam2"]} == {0, 1}  # one each: the least busy worker

@@ -7,8 +7,9 @@ memory (no decoding at all). Processes share nothing but the GPU (CUDA time-slic
 worker decodes, detects, tracks, smooths and writes the annotated videos of its own streams, and sends
 the per-frame results (people, not images) to the parent, which writes the JSONL and yields them.
 
-Sources are assigned round-robin when iteration starts (add them before); `remove_source` works while
-running. The first worker starts alone and builds the engines (the on-disk cache then serves the
+Sources added before iteration are dealt round-robin; a source added while running goes to the running
+worker with the fewest open streams; `remove_source` works while running. A worker ends with its streams
+unless `results(stop_when_idle=False)` keeps every worker for sources still to come (a service). The first worker starts alone and builds the engines (the on-disk cache then serves the
 others). A worker that fails or dies ends its streams with an error; the others go on.
 """
 
@@ -62,10 +63,12 @@ def _worker_main(
     results: Any,
     commands: Any,
     server: Connection | None = None,
+    stop_when_idle: bool = True,
 ) -> None:
     """One worker: a `Pipeline` over its sources; results, then its stream ends, go to `results` (the
     sending end of this worker's own pipe: a worker that dies mid-message garbles only its own channel).
-    server: this worker's pipe to the model server (then the worker builds no model of its own)."""
+    server: this worker's pipe to the model server (then the worker builds no model of its own).
+    Commands: ("add", (source, name, fps)), ("remove", name), ("stop", None)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it sends "stop" to everyone
     try:
         limit_threads(threads)
@@ -82,27 +85,40 @@ def _worker_main(
         return
     results.send(("ready", index, None))
 
+    sending = threading.Lock()  # the command thread reports too: one message at a time on the pipe
+
+    def send(message: tuple) -> None:
+        with sending:
+            results.send(message)
+
     def obey() -> None:  # commands arrive while the pipeline may be waiting for frames
         while True:
-            command, name = commands.get()
+            command, argument = commands.get()
             if command == "stop":
                 pipeline.stop()
                 return
+            if command == "add":
+                source, name, fps = argument
+                try:
+                    pipeline.add_source(source, name=name, fps=fps)
+                except RtposeError as exc:  # e.g. the file went away, or this pipeline is closing
+                    send(("source_failed", index, StreamEnd(name, "failed", 0, str(exc))))
+                continue
             with contextlib.suppress(RtposeError):  # ended already
-                pipeline.remove_source(name)
+                pipeline.remove_source(argument)
 
     threading.Thread(target=obey, daemon=True, name=f"rtpose-worker-{index}-commands").start()
     try:
-        for result in pipeline.results():
+        for result in pipeline.results(stop_when_idle=stop_when_idle):
             result.image = None  # drawn into this worker's videos already; only people travel
-            results.send(("result", index, result))
+            send(("result", index, result))
     except BaseException as exc:
-        results.send(("failed", index, f"{type(exc).__name__}: {exc}"))
+        send(("failed", index, f"{type(exc).__name__}: {exc}"))
     finally:
         pipeline.close()
         if server is not None:
             pipeline.model.close()  # the server ends when every worker has closed its pipe
-        with contextlib.suppress(OSError):  # the parent stopped listening (it left its loop early)
+        with contextlib.suppress(OSError), sending:  # the parent may have stopped listening
             results.send(("ended", index, pipeline.ended))
 
 
@@ -156,6 +172,9 @@ class ProcessPipeline(StreamRunner):
         self._processes: dict[int, Any] = {}
         self._server_control: Any = None
         self._commands: list[Any] = []
+        self._gone: set[int] = set()  # workers that have ended
+        self._stop_when_idle = True
+        self._adding = threading.Lock()
         self._started = self._closed = False
         for source in sources:
             self.add_source(source)
@@ -166,23 +185,48 @@ class ProcessPipeline(StreamRunner):
         name: str | None = None,
         fps: float | None = None,
     ) -> str:
-        """Add a source before iterating; returns its stream name (bad paths raise here)."""
-        if self._started or self._closed:
-            raise RtposeError("ProcessPipeline assigns sources to workers when it starts: add them before")
+        """Add a source, before or while iterating; returns its stream name (bad paths raise here).
+        Before, sources are dealt round-robin to the workers; while running, a new one goes to the
+        running worker with the fewest open streams."""
+        if self._closed:
+            raise RtposeError("this pipeline is closed; create a new one")
         if isinstance(source, Iterator):
             raise RtposeError(
                 "ProcessPipeline cannot send a generator or iterator to a worker process; pass a list of "
                 "frames, a file, a folder, a camera or a URL"
             )
         spec = parse_source(source, name, fps)
-        unique, count = spec.name, 1
-        while unique in self._owner:
-            count += 1
-            unique = f"{spec.name}-{count}"
-        self._owner[unique] = len(self._sources) % self.workers
-        self._sources.append((source, unique, fps))
-        self.rates[unique] = StreamRate()
+        with self._adding:  # results() may be dealing the sources out right now, in another thread
+            unique, count = spec.name, 1
+            while unique in self._owner:
+                count += 1
+                unique = f"{spec.name}-{count}"
+            worker = self._least_busy_worker() if self._started else len(self._sources) % self.workers
+            self._owner[unique] = worker
+            self._sources.append((source, unique, fps))
+            self.rates[unique] = StreamRate()
+            if self._started:
+                self._commands[worker].put(("add", (source, unique, fps)))
         return unique
+
+    def _least_busy_worker(self) -> int:
+        """The running worker with the fewest open streams; with stop_when_idle, one that has some (a
+        worker without any is ending). A source sent to a worker that ends before reading it is reported
+        as failed, never lost silently."""
+        running = [i for i in range(len(self._commands)) if i not in self._gone]
+        reported = {end.stream for end in self.ended}
+        open_streams = dict.fromkeys(running, 0)
+        for name, worker in self._owner.items():
+            if worker in open_streams and name not in reported:
+                open_streams[worker] += 1
+        if self._stop_when_idle:
+            running = [i for i in running if open_streams[i] > 0]
+        if not running:
+            raise RtposeError(
+                "no worker is running a stream any more (each ends with its streams); to add sources to an "
+                "idle pipeline, iterate results(stop_when_idle=False)"
+            )
+        return min(running, key=lambda i: open_streams[i])
 
     def remove_source(self, name: str) -> None:
         """Stop a stream while running (its worker finishes its outputs and reports it removed)."""
@@ -195,25 +239,32 @@ class ProcessPipeline(StreamRunner):
     def streams(self) -> list[str]:
         return list(self._owner)
 
-    def results(self) -> Iterator[FrameResult]:
-        """Results of all workers as they come; ends when every worker has ended."""
+    def results(self, *, stop_when_idle: bool = True) -> Iterator[FrameResult]:
+        """Results of all workers as they come. Ends when every worker has ended (a worker ends when its
+        streams have, with stop_when_idle) or, for a service that adds sources later, runs every worker
+        until `stop()` / `close()` (stop_when_idle=False)."""
         if self._started:
             raise RtposeError("a ProcessPipeline runs once; create a new one")
-        self._started = True
         context = mp.get_context("spawn")  # CUDA cannot be used in forked children
-        used = min(self.workers, len(self._sources))
-        assigned: list[list[SourceEntry]] = [[] for _ in range(used)]
-        for entry in self._sources:
-            assigned[self._owner[entry[1]]].append(entry)
-        everything = [entry for entries in assigned for entry in entries]
-        self._commands = [context.Queue() for _ in range(used)]
+        with self._adding:
+            used = min(self.workers, len(self._sources)) if stop_when_idle else self.workers
+            assigned: list[list[SourceEntry]] = [[] for _ in range(used)]
+            for entry in self._sources:
+                assigned[self._owner[entry[1]]].append(entry)
+            self._commands = [context.Queue() for _ in range(used)]
+            self._stop_when_idle = stop_when_idle
+            self._started = True  # from here on, add_source sends new sources to a running worker
+
+        def owned(index: int | None = None) -> list[SourceEntry]:  # sources may also come while running
+            return [entry for entry in self._sources if index is None or self._owner[entry[1]] == index]
+
         readers: dict[int, Any] = {}
         to_server: list[Any] = [None] * used  # each worker's end of its pipe to the model server
 
         def start(index: int) -> None:
             reader, sender = context.Pipe(duplex=False)
             args = (index, assigned[index], self.options, self.threads, sender, self._commands[index],
-                    to_server[index])  # fmt: skip
+                    to_server[index], stop_when_idle)  # fmt: skip
             process = context.Process(
                 target=_worker_main, args=args, name=f"rtpose-worker-{index}", daemon=True
             )
@@ -266,7 +317,7 @@ class ProcessPipeline(StreamRunner):
                         if index != _SERVER or waiting_first:  # a server lost later: its workers say so
                             reason = f"{_name(index)} died (exit code {process.exitcode})"
                             logger.error("%s", reason)
-                            self._end_streams(everything if index == _SERVER else assigned[index], reason)
+                            self._end_streams(owned() if index == _SERVER else owned(index), reason)
                     if kind == "result":
                         self._emit(payload)
                         yield payload
@@ -275,18 +326,24 @@ class ProcessPipeline(StreamRunner):
                         start_others()
                     elif kind == "failed":
                         logger.error("%s failed: %s", _name(index), payload)
-                        self._end_streams(assigned[index] if index != _SERVER else [], payload)
+                        self._end_streams(owned(index) if index != _SERVER else [], payload)
                         if waiting_first and index == first:  # the others would fail the same way
                             waiting_first = False
                             for other in range(0 if index == _SERVER else 1, used):
-                                self._end_streams(
-                                    assigned[other], f"not started: {_name(index)} failed ({payload})"
-                                )
+                                self._gone.add(other)
+                                reason = f"not started: {_name(index)} failed ({payload})"
+                                self._end_streams(owned(other), reason)
                     elif kind == "done":
                         self.server_stats = payload
+                    elif kind == "source_failed":
+                        logger.error("%s: %s", payload.stream, payload.error)
+                        self.ended.append(payload)
                     if kind == "ended":  # less those already reported failed
                         done = {end.stream for end in self.ended}
                         self.ended.extend(end for end in payload if end.stream not in done)
+                    if kind in ("ended", "lost") and index != _SERVER:  # a source sent as it was ending
+                        self._gone.add(index)
+                        self._end_streams(owned(index), f"{_name(index)} ended before it could start it")
                     if kind in ("ended", "lost", "done") or (kind == "failed" and index == _SERVER):
                         readers.pop(index).close()
         finally:
