@@ -284,3 +284,21 @@ def test_a_service_starts_empty_takes_sources_and_runs_until_stopped(street: lis
     assert added == ["cam1", "cam2"] and seen == {"cam1": 3, "cam2": 3}
     assert sorted((e.stream, e.reason) for e in service.ended) == [("cam1", "finished"), ("cam2", "finished")]
     assert {service._owner["cam1"], service._owner["cam2"]} == {0, 1}  # one each: the least busy worker
+
+
+def test_workers_report_their_readers_numbers_for_the_status_line(data_dir: Path, rtpose_env: dict) -> None:
+    from rtpose.pipelines.video_cli import status_line
+
+    spread = ProcessPipeline(workers=2, loop=True, **OPTIONS)
+    spread.add_source(data_dir / "video" / "openpose_video.avi", name="street")
+    stats: dict = {}
+    for count, _ in enumerate(spread, start=1):
+        stats = spread.stream_stats()
+        if stats or count == 40:
+            break
+    street = stats["street"]
+    assert street.kind == "file" and street.decoder == "CPU" and street.total_frames == 205
+    assert street.decoded >= 1 and street.dropped == 0
+    line = status_line(spread, stats)
+    assert line.startswith("street:") and "fps" in line and "%" in line  # with the file's progress bar
+    assert spread.stream_stats() == {}  # closed: every stream reported ended

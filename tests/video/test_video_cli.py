@@ -45,7 +45,7 @@ def test_status_line_shows_rate_latency_drops_and_progress(scene_dir: Path) -> N
         name = pipeline.add_source(scene_dir / "two_movers.mp4")
         for result in pipeline:
             if result.frame == 29:
-                line = status_line(pipeline, pipeline.hub.stats())
+                line = status_line(pipeline, pipeline.stream_stats())
                 break
     assert line.startswith(f"{name}:") and " fps " in line and " ms" in line and " 50%" in line
     out = io.StringIO()

@@ -9,8 +9,10 @@ the per-frame results (people, not images) to the parent, which writes the JSONL
 
 Sources added before iteration are dealt round-robin; a source added while running goes to the running
 worker with the fewest open streams; `remove_source` works while running. A worker ends with its streams
-unless `results(stop_when_idle=False)` keeps every worker for sources still to come (a service). The first worker starts alone and builds the engines (the on-disk cache then serves the
-others). A worker that fails or dies ends its streams with an error; the others go on.
+unless `results(stop_when_idle=False)` keeps every worker for sources still to come (a service). The
+first worker starts alone and builds the engines (the on-disk cache then serves the others). A worker
+that fails or dies ends its streams with an error; the others go on. Workers report their readers'
+numbers (decoder, drops, frame counts) every 0.5 s for the status line (`stream_stats`).
 """
 
 from __future__ import annotations
@@ -32,13 +34,14 @@ import numpy as np
 from rtpose.errors import RtposeError
 from rtpose.pipelines.video import FrameResult, Pipeline, StreamRate, StreamRunner, model_build_options
 from rtpose.sinks.json_out import JsonlWriter
-from rtpose.sources.stream_hub import StreamEnd
+from rtpose.sources.stream_hub import StreamEnd, StreamStats
 from rtpose.sources.video import parse_source
 
 logger = logging.getLogger("rtpose.video")
 
 SourceEntry = tuple[Any, str, float | None]
 _SERVER = -1  # the model server's key among the worker indices
+_STATS_INTERVAL = 0.5  # seconds between a worker's reports of its readers' numbers
 
 
 def _name(index: int) -> str:
@@ -108,10 +111,14 @@ def _worker_main(
                 pipeline.remove_source(argument)
 
     threading.Thread(target=obey, daemon=True, name=f"rtpose-worker-{index}-commands").start()
+    reported = 0.0
     try:
         for result in pipeline.results(stop_when_idle=stop_when_idle):
             result.image = None  # drawn into this worker's videos already; only people travel
             send(("result", index, result))
+            if time.monotonic() - reported > _STATS_INTERVAL:  # for the parent's status line
+                reported = time.monotonic()
+                send(("stats", index, pipeline.stream_stats()))
     except BaseException as exc:
         send(("failed", index, f"{type(exc).__name__}: {exc}"))
     finally:
@@ -173,6 +180,7 @@ class ProcessPipeline(StreamRunner):
         self._server_control: Any = None
         self._commands: list[Any] = []
         self._gone: set[int] = set()  # workers that have ended
+        self._stream_stats: dict[str, StreamStats] = {}
         self._stop_when_idle = True
         self._adding = threading.Lock()
         self._started = self._closed = False
@@ -238,6 +246,11 @@ class ProcessPipeline(StreamRunner):
     @property
     def streams(self) -> list[str]:
         return list(self._owner)
+
+    def stream_stats(self) -> dict[str, StreamStats]:
+        """The workers' latest reports (every 0.5 s) for the streams not reported ended."""
+        ended = {end.stream for end in self.ended}
+        return {name: stats for name, stats in self._stream_stats.items() if name not in ended}
 
     def results(self, *, stop_when_idle: bool = True) -> Iterator[FrameResult]:
         """Results of all workers as they come. Ends when every worker has ended (a worker ends when its
@@ -335,6 +348,8 @@ class ProcessPipeline(StreamRunner):
                                 self._end_streams(owned(other), reason)
                     elif kind == "done":
                         self.server_stats = payload
+                    elif kind == "stats":
+                        self._stream_stats.update(payload)
                     elif kind == "source_failed":
                         logger.error("%s: %s", payload.stream, payload.error)
                         self.ended.append(payload)
@@ -373,6 +388,10 @@ class ProcessPipeline(StreamRunner):
                     if kind == "done":
                         self.server_stats = payload
             control.close()
+        reported = {end.stream for end in self.ended}
+        for _, name, _ in self._sources:  # the caller left early: as `Pipeline.close` says of its streams
+            if name not in reported:
+                self.ended.append(StreamEnd(name, "stopped", self.rates[name].frames))
         if self._jsonl is not None:
             self._jsonl.close()
 

@@ -34,7 +34,7 @@ from rtpose.errors import RtposeError
 from rtpose.sinks.draw import draw_people
 from rtpose.sinks.json_out import JsonlWriter
 from rtpose.sinks.video_writer import StreamVideoWriters
-from rtpose.sources.stream_hub import Batch, Frame, ReconnectPolicy, StreamEnd, StreamHub
+from rtpose.sources.stream_hub import Batch, Frame, ReconnectPolicy, StreamEnd, StreamHub, StreamStats
 from rtpose.sources.video import DecodeMode
 from rtpose.tracking.bytetrack import TrackerConfig
 from rtpose.tracking.one_euro import OneEuroParams
@@ -224,6 +224,10 @@ class StreamRunner:
         """Whether `stop()` was asked for."""
         return self._stop.is_set()
 
+    def stream_stats(self) -> dict[str, StreamStats]:
+        """The readers' numbers of the streams still open (decoder, frames decoded and dropped, ...)."""
+        raise NotImplementedError
+
     def __iter__(self) -> Iterator[FrameResult]:
         return self.results()
 
@@ -329,6 +333,9 @@ class Pipeline(StreamRunner):
     @property
     def streams(self) -> list[str]:
         return self.hub.names()
+
+    def stream_stats(self) -> dict[str, StreamStats]:
+        return self.hub.stats()
 
     # -- running ----------------------------------------------------------------------------------
     def results(self, *, stop_when_idle: bool = True) -> Iterator[FrameResult]:

@@ -123,15 +123,11 @@ def _bar(done: int, total: int) -> str:
     return "[" + "#" * filled + "-" * (_BAR_WIDTH - filled) + f"] {min(100, 100 * done // max(total, 1)):3d}%"
 
 
-def status_line(pipeline: Any, stats: dict[str, StreamStats] | None) -> str:
-    """One line for all streams: `name fps latency drops [bar]` per stream (fps and latency only when
-    the reader statistics live in worker processes: stats None)."""
+def status_line(pipeline: Any, stats: dict[str, StreamStats]) -> str:
+    """One line for all streams: `name fps latency drops [bar]` per stream (`stats`: the pipeline's
+    `stream_stats()`; a stream missing there has ended)."""
     parts = []
     for name, rate in pipeline.rates.items():
-        if stats is None:
-            if rate.frames:
-                parts.append(f"{name}: {rate.fps:5.1f} fps {rate.latency * 1000:5.0f} ms")
-            continue
         stream = stats.get(name)
         if stream is None and rate.frames == 0:
             continue
@@ -202,8 +198,7 @@ def run_video(args: argparse.Namespace) -> int:
         with stop_on_sigint(pipeline):
             for _ in pipeline:
                 if show_status:
-                    hub = getattr(pipeline, "hub", None)  # None: the readers are in worker processes
-                    printer.update(status_line(pipeline, hub.stats() if hub is not None else None))
+                    printer.update(status_line(pipeline, pipeline.stream_stats()))
     except KeyboardInterrupt:
         printer.finish()
         print("interrupted; outputs closed", file=sys.stderr)
