@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from rtpose.errors import RtposeError
-from rtpose.pipelines.video import BoxesAndScores, FramePoseModel, ModelGone, SelectRule
+from rtpose.pipelines.video import BoxesAndScores, FramePoseModel, ModelGone, SelectRule, detect_and_pose
 from rtpose.types import Person
 
 logger = logging.getLogger("rtpose.video")
@@ -186,12 +186,7 @@ def run_merged(model: FramePoseModel, op: str, images: list[np.ndarray], args: l
     if op == "pose":
         return model.pose(images, [a[0] for a in args], [a[1] for a in args])
     if op == "detect_and_pose":
-        both = getattr(model, "detect_and_pose", None)
-        if both is not None:
-            return both(images, args)
-        found = model.detect(images)
-        chosen = [rule(*boxes) for rule, boxes in zip(args, found, strict=True)]
-        return model.pose(images, [c[0] for c in chosen], [c[1] for c in chosen])
+        return detect_and_pose(model, images, args)
     raise RtposeError(f"unknown model-server operation {op!r}")
 
 

@@ -157,6 +157,19 @@ def build_frame_model(
     return TopDownFrameModel(topdown)
 
 
+def detect_and_pose(
+    model: FramePoseModel, images: list[np.ndarray], candidates: Sequence[SelectRule]
+) -> list[list[Person]]:
+    """Both stages on frames that all need the detector, `candidates[i]` choosing the detections of
+    image i to pose: the model's own `detect_and_pose` where it has one (frames uploaded once), else its
+    `detect`, the choice, then its `pose`."""
+    both = getattr(model, "detect_and_pose", None)
+    if both is not None:
+        return both(images, candidates)
+    chosen = [rule(*found) for rule, found in zip(candidates, model.detect(images), strict=True)]
+    return model.pose(images, [c[0] for c in chosen], [c[1] for c in chosen])
+
+
 class ModelGone(RtposeError):
     """The model can serve no more frames (its server process ended): the pipeline stops instead of
     failing every following frame one by one."""
@@ -406,9 +419,8 @@ class Pipeline(StreamRunner):
     def _run_model(self, frames: list[Frame], plans: list[BoxesAndScores | None]) -> list[list[Person]]:
         images = [f.image for f in frames]
         states = [self._states[f.stream] for f in frames]
-        both = getattr(self.model, "detect_and_pose", None)
-        if both is not None and all(plan is None for plan in plans):
-            return both(images, [state.pose_candidates() for state in states])
+        if all(plan is None for plan in plans):
+            return detect_and_pose(self.model, images, [state.pose_candidates() for state in states])
         to_detect = [i for i, plan in enumerate(plans) if plan is None]
         boxes: list[BoxesAndScores | None] = list(plans)
         if to_detect:
