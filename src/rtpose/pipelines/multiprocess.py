@@ -222,7 +222,7 @@ class ProcessPipeline(StreamRunner):
         worker without any is ending). A source sent to a worker that ends before reading it is reported
         as failed, never lost silently."""
         running = [i for i in range(len(self._commands)) if i not in self._gone]
-        reported = {end.stream for end in self.ended}
+        reported = self._reported()
         open_streams = dict.fromkeys(running, 0)
         for name, worker in self._owner.items():
             if worker in open_streams and name not in reported:
@@ -249,7 +249,7 @@ class ProcessPipeline(StreamRunner):
 
     def stream_stats(self) -> dict[str, StreamStats]:
         """The workers' latest reports (every 0.5 s) for the streams not reported ended."""
-        ended = {end.stream for end in self.ended}
+        ended = self._reported()
         return {name: stats for name, stats in self._stream_stats.items() if name not in ended}
 
     def results(self, *, stop_when_idle: bool = True) -> Iterator[FrameResult]:
@@ -354,7 +354,7 @@ class ProcessPipeline(StreamRunner):
                         logger.error("%s: %s", payload.stream, payload.error)
                         self.ended.append(payload)
                     if kind == "ended":  # less those already reported failed
-                        done = {end.stream for end in self.ended}
+                        done = self._reported()
                         self.ended.extend(end for end in payload if end.stream not in done)
                     if kind in ("ended", "lost") and index != _SERVER:  # a source sent as it was ending
                         self._gone.add(index)
@@ -388,7 +388,7 @@ class ProcessPipeline(StreamRunner):
                     if kind == "done":
                         self.server_stats = payload
             control.close()
-        reported = {end.stream for end in self.ended}
+        reported = self._reported()
         for _, name, _ in self._sources:  # the caller left early: as `Pipeline.close` says of its streams
             if name not in reported:
                 self.ended.append(StreamEnd(name, "stopped", self.rates[name].frames))
@@ -401,8 +401,12 @@ class ProcessPipeline(StreamRunner):
         if self._jsonl is not None:
             self._jsonl.write(result.to_json(), plain=True)
 
+    def _reported(self) -> set[str]:
+        """The streams whose end is in `ended`."""
+        return {end.stream for end in self.ended}
+
     def _end_streams(self, entries: list[SourceEntry], error: str) -> None:
-        done = {end.stream for end in self.ended}
+        done = self._reported()
         for _, name, _ in entries:
             if name not in done:
                 self.ended.append(StreamEnd(name, "failed", self.rates[name].frames, error))
