@@ -297,8 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-wait", type=float, default=0.002,
                         help="seconds the model server waits for more workers' requests")  # fmt: skip
     parser.add_argument("--decode", default="auto", choices=["auto", "cpu", "nvdec"],
-                        help="video decoding of the pipeline rows (auto: NVDEC where PyAV's FFmpeg has it "
-                             "and a GPU is there)")  # fmt: skip
+                        help="video decoding of the pipeline rows (auto: the CPU; nvdec: the GPU's "
+                             "decoder, frames back in host memory)")  # fmt: skip
     parser.add_argument("--backend", default="ort", help="ort, torch, compiled or auto")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32")

@@ -130,7 +130,9 @@ def open_video(spec: SourceSpec, decode: DecodeMode = "auto", timeout: float | N
     container, decoder = None, "cpu"
     if decode == "nvdec":
         try:
-            container = _open_container(spec.location, spec.kind, HWAccel("cuda"), timeout)
+            # asked for: no silent fallback to FFmpeg's software decoder
+            hwaccel = HWAccel("cuda", allow_software_fallback=False)
+            container = _open_container(spec.location, spec.kind, hwaccel, timeout)
             decoder = "nvdec"
         except Exception as exc:  # no GPU, no driver, codec not supported by NVDEC, ...
             reason = f"{type(exc).__name__}: {exc}"
