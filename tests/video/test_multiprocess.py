@@ -245,6 +245,35 @@ def test_model_server_on_the_gpu_gives_the_one_process_results(street: list, rtp
     assert served.server_stats is not None and served.server_stats["frames"] == 18
 
 
+@pytest.mark.gpu
+def test_workers_under_mps_give_the_one_process_results(street: list, rtpose_env: dict) -> None:
+    """Three workers with compiled FP16 engines under the private MPS daemon: the same people as one
+    `Pipeline` (keypoints within a pixel, as above), and the daemon is gone afterwards."""
+    import shutil
+
+    from rtpose.pipelines.mps import CONTROL
+
+    if shutil.which(CONTROL) is None:
+        pytest.skip(f"{CONTROL} is not on this machine")
+    options = {**OPTIONS, "backend": "compiled", "device": "cuda", "precision": "fp16"}
+    sources = {"a": street[:6], "b": street[6:], "c": street[2:8]}
+    with Pipeline(**options) as single:
+        for name, frames in sources.items():
+            single.add_source(frames, name=name, fps=25)
+        expected = {(r.stream, r.frame): r for r in single}
+    shared = ProcessPipeline(workers=3, mps="on", **options)
+    for name, frames in sources.items():
+        shared.add_source(frames, name=name, fps=25)
+    got = {(r.stream, r.frame): r for r in shared}
+    assert shared.mps_used and not shared._mps.running
+    assert got.keys() == expected.keys() and all(r.error is None for r in got.values())
+    for key, result in got.items():
+        want = expected[key]
+        assert [p.track_id for p in result.people] == [p.track_id for p in want.people]
+        for mine, theirs in zip(result.people, want.people, strict=True):
+            np.testing.assert_allclose(mine.keypoints, theirs.keypoints, atol=1.0)
+
+
 def test_sources_added_while_running_go_to_a_running_worker(
     street: list, data_dir: Path, rtpose_env: dict
 ) -> None:
@@ -282,7 +311,11 @@ def test_a_service_starts_empty_takes_sources_and_runs_until_stopped(street: lis
             service.stop()  # the streams have ended; the workers would otherwise wait for more
     timer.join()
     assert added == ["cam1", "cam2"] and seen == {"cam1": 3, "cam2": 3}
-    assert sorted((e.stream, e.reason) for e in service.ended) == [("cam1", "finished"), ("cam2", "finished")]
+    # a worker learns that a list source is exhausted on its next read, which a stop right after the last
+    # result may pre-empt: the end is then reported "stopped", with every frame counted either way
+    ends = sorted((e.stream, e.reason, e.frames) for e in service.ended)
+    assert [(name, frames) for name, _, frames in ends] == [("cam1", 3), ("cam2", 3)]
+    assert {reason for _, reason, _ in ends} <= {"finished", "stopped"}
     assert {service._owner["cam1"], service._owner["cam2"]} == {0, 1}  # one each: the least busy worker
 
 

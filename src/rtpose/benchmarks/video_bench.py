@@ -56,12 +56,13 @@ def throughput(
     workers: int = 1,
     model_server: bool = False,
     server_wait: float = 0.002,
+    mps: str = "auto",
     **kw: Any,
 ) -> dict:
     """Steady-state frames/s of `streams` looped copies of `video` (`frames` timed per stream after
     `warmup` per stream, see `_timed`), JSONL written to a temporary file. workers > 1 or model_server:
     the streams are spread over that many processes (`ProcessPipeline`), with the models in a model
-    server process or in every worker."""
+    server process or in every worker, under a private MPS daemon or not (`mps`)."""
     with tempfile.TemporaryDirectory(prefix="rtpose-video-bench-") as tmp:
         jsonl = Path(tmp) / "poses.jsonl"
         options = dict(det_interval=det_interval, batch_size=batch, loop=True, jsonl=jsonl)
@@ -71,13 +72,14 @@ def throughput(
             if model_server:
                 options["server_wait"] = server_wait
             pipeline: Any = ProcessPipeline(
-                pose, "rtmdet-nano", workers=workers, model_server=model_server, **options, **kw
+                pose, "rtmdet-nano", workers=workers, model_server=model_server, mps=mps, **options, **kw
             )
         else:
             pipeline = Pipeline(pose, "rtmdet-nano", **options, **kw)
         result = _timed(pipeline, video, streams, frames, warmup)
         served = getattr(pipeline, "server_stats", None)
-    row = {"det_interval": det_interval, "batch": batch, "workers": workers, "model_server": model_server}
+    row = {"det_interval": det_interval, "batch": batch, "workers": workers, "model_server": model_server,
+           "mps": bool(getattr(pipeline, "mps_used", False))}  # fmt: skip
     window = result.pop("window")
     if served:
         row["server"] = _server_share(served, *window)
@@ -294,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-server", nargs="+", default=["off"], choices=["off", "on"],
                         help="with workers: the models in one server process (on) or in every worker "
                              "(off); each value a row")  # fmt: skip
+    parser.add_argument("--mps", nargs="+", default=["auto"], choices=["auto", "on", "off"],
+                        help="with workers on a GPU: run them under a private CUDA MPS daemon (auto: where "
+                             "it starts); each value a row")  # fmt: skip
     parser.add_argument("--server-wait", type=float, default=0.002,
                         help="seconds the model server waits for more workers' requests")  # fmt: skip
     parser.add_argument("--decode", default="auto", choices=["auto", "cpu", "nvdec"],
@@ -319,10 +324,10 @@ def main(argv: list[str] | None = None) -> int:
     if "throughput" not in args.skip:
         report["engine"] = {**engine, "pose": args.pose, "pose_weights": args.pose_weights}
         report["throughput"] = []
-        rows = itertools.product(args.det_interval, args.streams, args.workers, args.model_server)
-        for interval, n, workers, server in rows:
+        rows = itertools.product(args.det_interval, args.streams, args.workers, args.model_server, args.mps)
+        for interval, n, workers, server, mps in rows:
             row = throughput(args.video, n, args.frames, args.pose, interval, args.batch, args.warmup,
-                             workers, server == "on", args.server_wait, pose_weights=args.pose_weights,
+                             workers, server == "on", args.server_wait, mps, pose_weights=args.pose_weights,
                              decode=args.decode, **engine)  # fmt: skip
             row["decode"] = args.decode
             if "baseline" in report:

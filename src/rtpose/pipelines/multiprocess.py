@@ -138,6 +138,10 @@ class ProcessPipeline(StreamRunner):
     model_server: one more process runs the models for all workers (`rtpose.pipelines.model_server`);
     the workers then decode, track, smooth and draw, and send their frames through shared memory.
     server_wait: how long the server waits for the other workers' requests after the first of a step.
+    mps: run the workers under a private CUDA MPS daemon (`rtpose.pipelines.mps`) so their kernels share
+    the GPU at once instead of taking turns: "on" (an error where MPS cannot run), "off", or "auto" (on
+    for two or more workers with their own models on a CUDA device, where the daemon starts; else off,
+    with a warning when it was wanted but could not start). `mps_used` says what happened.
     """
 
     def __init__(
@@ -152,6 +156,7 @@ class ProcessPipeline(StreamRunner):
         threads: int | None = None,
         model_server: bool = False,
         server_wait: float = 0.002,
+        mps: str = "auto",
         **options: Any,
     ) -> None:
         super().__init__()
@@ -167,6 +172,12 @@ class ProcessPipeline(StreamRunner):
         self.workers = int(workers)
         self.options = {"pose": pose, "det": det, **options}
         self.model_server, self.server_wait = bool(model_server), float(server_wait)
+        if mps not in ("auto", "on", "off"):
+            raise RtposeError(f"mps must be 'auto', 'on' or 'off', not {mps!r}")
+        self.mps = mps
+        #: whether the workers ran under an MPS daemon (known once they have started)
+        self.mps_used = False
+        self._mps: Any = None
         self._server_build = model_build_options(**self.options) if model_server else None  # checks them
         #: what the model server did (`ModelServer.stats`), once it has ended
         self.server_stats: dict[str, Any] | None = None
@@ -281,7 +292,8 @@ class ProcessPipeline(StreamRunner):
             process = context.Process(
                 target=_worker_main, args=args, name=f"rtpose-worker-{index}", daemon=True
             )
-            process.start()
+            with self._mps.client_environment() if self._mps else contextlib.nullcontext():
+                process.start()
             sender.close()  # the child has its copy: when it exits, this end reads EOF
             if to_server[index] is not None:
                 to_server[index].close()
@@ -297,7 +309,8 @@ class ProcessPipeline(StreamRunner):
             args = (self._server_build, [server_end for server_end, _ in pipes], sender, self.threads,
                     self.server_wait)  # fmt: skip
             process = context.Process(target=server_main, args=args, name="rtpose-model-server", daemon=True)
-            process.start()
+            with self._mps.client_environment() if self._mps else contextlib.nullcontext():
+                process.start()
             sender.close()
             for server_end, _ in pipes:
                 server_end.close()
@@ -310,6 +323,7 @@ class ProcessPipeline(StreamRunner):
 
         first = _SERVER if self.model_server else 0
         try:
+            self._start_mps(used)
             if used and self.model_server:  # alone first: it builds the engines
                 start_server()
             elif used:  # alone first: it builds the engines, the others then load them from the cache
@@ -388,6 +402,8 @@ class ProcessPipeline(StreamRunner):
                     if kind == "done":
                         self.server_stats = payload
             control.close()
+        if self._mps is not None:  # after every worker has gone
+            self._mps.stop()
         reported = self._reported()
         for _, name, _ in self._sources:  # the caller left early: as `Pipeline.close` says of its streams
             if name not in reported:
@@ -396,6 +412,23 @@ class ProcessPipeline(StreamRunner):
             self._jsonl.close()
 
     # -- internals ----------------------------------------------------------------------------------
+    def _start_mps(self, used: int) -> None:
+        from rtpose.pipelines.mps import MpsDaemon, MpsUnavailable
+
+        on_cuda = str(self.options.get("device", "cpu")).startswith("cuda")
+        wanted = self.mps == "on" or (self.mps == "auto" and on_cuda and used > 1 and not self.model_server)
+        if not wanted:
+            return
+        daemon = MpsDaemon()
+        try:
+            daemon.start()
+        except MpsUnavailable as exc:
+            if self.mps == "on":
+                raise
+            logger.warning("MPS: %s; the workers take turns on the GPU instead", exc)
+            return
+        self._mps, self.mps_used = daemon, True
+
     def _emit(self, result: FrameResult) -> None:
         self.rates.setdefault(result.stream, StreamRate()).add(result.latency, time.monotonic())
         if self._jsonl is not None:
