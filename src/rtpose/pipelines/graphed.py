@@ -9,7 +9,8 @@ replayed (the functions inside are the very ones of the eager torch path, so res
   network (`CompiledEngine.run_for_capture`), box selection with a fixed candidate width and a fixed
   number of NMS rounds (`select_detections_fixed`), boxes back to image pixels, compacted into person
   slots (image-major, best first). One small copy brings back the counts per image.
-* `PoseStep` (per image count and size and pose-engine bucket): crops of up to `bucket` persons, the
+* `PoseStep` (per image count and size and pose-engine bucket): crops of up to `bucket` persons (one
+  Triton kernel where Triton is installed, `preprocess.crop_triton`; RTPOSE_TRITON=0 turns it off), the
   pose network, keypoint decoding, inverse affine, one row per person (box, score, keypoints). More
   persons than the largest bucket run in several replays; one copy brings back all rows.
 
@@ -22,6 +23,7 @@ CUDA (the unit tests) the steps run as plain functions.
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,6 +38,7 @@ from rtpose.models.spec import ModelSpec
 from rtpose.pipelines.detector import unletterbox_torch
 from rtpose.postprocess.detection import select_detections_fixed
 from rtpose.postprocess.pose_codecs import decode_pose
+from rtpose.preprocess import crop_triton
 from rtpose.preprocess.affine import boxes_to_affine_matrices, invert_affine_matrices, transform_points
 from rtpose.preprocess.device_batch import ImagePack, crop_normalize_torch, letterbox_normalize_torch
 from rtpose.preprocess.letterbox import letterbox_size
@@ -292,6 +295,7 @@ class PoseStep:
         self.image_index = torch.zeros(bucket, dtype=torch.int64, device=device)
         network_input = torch.zeros((bucket, 3, *input_size), dtype=torch.float32, device=device)
         self._rows: torch.Tensor | None = None  # made by the first (warm-up) run: its width is 5 + 3K
+        one_kernel = crop_triton.available(device) and os.environ.get("RTPOSE_TRITON", "1") != "0"
 
         def body() -> None:
             from rtpose.pipelines.topdown import _pack_rows
@@ -299,8 +303,12 @@ class PoseStep:
             boxes = self.boxes.to(torch.float64)
             matrices = boxes_to_affine_matrices(boxes, input_size, bbox_padding)
             inverse = invert_affine_matrices(matrices)
-            crop_normalize_torch(pack, param_table[self.image_index], matrices, input_size, mean, std,
-                                 spec.channel_order, out=network_input, inverse=inverse)  # fmt: skip
+            if one_kernel:  # the same values as below, in one kernel instead of ~40
+                crop_triton.crop_normalize_triton(frames.images, self.image_index, inverse, input_size, mean,
+                                                  std, spec.channel_order, network_input)  # fmt: skip
+            else:
+                crop_normalize_torch(pack, param_table[self.image_index], matrices, input_size, mean, std,
+                                     spec.channel_order, out=network_input, inverse=inverse)  # fmt: skip
             keypoints, keypoint_scores = decode_pose(spec, network(network_input))
             keypoints = transform_points(keypoints, inverse)
             rows = _pack_rows(torch, boxes, self.scores, keypoints, keypoint_scores.to(torch.float32))

@@ -1,0 +1,157 @@
+"""`crop_normalize_torch` as one Triton kernel, for the pose steps of the CUDA-graph hot path.
+
+Why: the torch version computes the crops of all persons with ~40 full-size elementwise kernels (source
+coordinates, four int64 index computations and gathers, weights, sums, rounding, normalisation). On the
+H100 those kernels took ~1.2 ms of the 5.9 ms of GPU time of an 8-frame video step (64 crops; profile in
+docs/benchmarks.md); one kernel reads each source pixel once and writes each output value once.
+
+Results are bit-identical to `crop_normalize_torch`: every float operation is the same one in the same
+order with round-to-nearest (the libdevice `*_rn` functions on the GPU, so the compiler cannot contract
+a multiply and an add into an FMA that the torch kernels do not use); rounding to grey levels is
+round-half-to-even as `torch.round`. Under `TRITON_INTERPRET=1` (NumPy on the CPU, for tests) the plain
+operators are already correctly rounded and are used instead.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from rtpose.errors import RtposeError
+
+try:
+    import triton
+    import triton.language as tl
+    from triton.language.extra import libdevice
+except ImportError:  # CPU-only installs: the torch version serves
+    triton = None
+
+_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+_BLOCK = 256
+
+
+def available(device: torch.device) -> bool:
+    """Whether the kernel can run on `device` (Triton installed; a CUDA device, or the interpreter)."""
+    return triton is not None and (device.type == "cuda" or _INTERPRETED)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _mul(a, b, RN: tl.constexpr):
+        return libdevice.mul_rn(a, b) if RN else a * b
+
+    @triton.jit
+    def _add(a, b, RN: tl.constexpr):
+        return libdevice.add_rn(a, b) if RN else a + b
+
+    @triton.jit
+    def _sub(a, b, RN: tl.constexpr):
+        return libdevice.sub_rn(a, b) if RN else a - b
+
+    @triton.jit
+    def _round_half_even(x, RN: tl.constexpr):
+        if RN:
+            return libdevice.rint(x)
+        return (x + 12582912.0) - 12582912.0  # 1.5 * 2**23: exact for |x| < 2**22 in float32
+
+    @triton.jit
+    def _crop_normalize_kernel(
+        frames_ptr,  # uint8 (B, H, W, 3)
+        image_ptr,  # int64 (N,)
+        inverse_ptr,  # float32 (N, 6): crop pixel -> image pixel
+        mean_ptr,  # float32 (3,), network channel order
+        std_ptr,
+        out_ptr,  # float32 (N, 3, OH, OW)
+        height,
+        width,
+        out_h,
+        out_w,
+        RGB: tl.constexpr,
+        RN: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
+        crop = tl.program_id(1)
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        inside = offs < out_h * out_w
+        ox = (offs % out_w).to(tl.float32)
+        oy = (offs // out_w).to(tl.float32)
+        row = inverse_ptr + crop * 6
+        i0, i1, i2 = tl.load(row), tl.load(row + 1), tl.load(row + 2)
+        i3, i4, i5 = tl.load(row + 3), tl.load(row + 4), tl.load(row + 5)
+        src_x = _add(_add(_mul(i0, ox, RN), _mul(i1, oy, RN), RN), i2, RN)
+        src_y = _add(_add(_mul(i3, ox, RN), _mul(i4, oy, RN), RN), i5, RN)
+        floor_x, floor_y = tl.floor(src_x), tl.floor(src_y)
+        fx, fy = _sub(src_x, floor_x, RN), _sub(src_y, floor_y, RN)
+        x0, y0 = floor_x.to(tl.int64), floor_y.to(tl.int64)
+        base = tl.load(image_ptr + crop) * height * width * 3
+        acc0 = tl.zeros((BLOCK,), tl.float32)
+        acc1 = tl.zeros((BLOCK,), tl.float32)
+        acc2 = tl.zeros((BLOCK,), tl.float32)
+        for dy in tl.static_range(2):
+            wy = fy if dy == 1 else _sub(1.0, fy, RN)
+            yi = y0 + dy
+            valid_y = (yi >= 0) & (yi < height)
+            for dx in tl.static_range(2):
+                wx = fx if dx == 1 else _sub(1.0, fx, RN)
+                xi = x0 + dx
+                valid = valid_y & (xi >= 0) & (xi < width) & inside
+                weight = tl.where(valid, _mul(wy, wx, RN), 0.0)
+                pixel = frames_ptr + base + (yi * width + xi) * 3
+                blue = tl.load(pixel, mask=valid, other=0).to(tl.float32)
+                green = tl.load(pixel + 1, mask=valid, other=0).to(tl.float32)
+                red = tl.load(pixel + 2, mask=valid, other=0).to(tl.float32)
+                acc0 = _add(acc0, _mul(weight, blue, RN), RN)
+                acc1 = _add(acc1, _mul(weight, green, RN), RN)
+                acc2 = _add(acc2, _mul(weight, red, RN), RN)
+        plane = out_h * out_w
+        target = out_ptr + crop * 3 * plane + offs
+        for channel in tl.static_range(3):
+            source = 2 - channel if RGB else channel  # the frames are BGR
+            acc = acc0 if source == 0 else (acc1 if source == 1 else acc2)
+            value = tl.minimum(tl.maximum(_round_half_even(acc, RN), 0.0), 255.0)
+            mean, std = tl.load(mean_ptr + channel), tl.load(std_ptr + channel)
+            normalised = _sub(value, mean, RN)
+            normalised = tl.math.div_rn(normalised, std) if RN else normalised / std
+            tl.store(target + channel * plane, normalised, mask=inside)
+
+
+def crop_normalize_triton(
+    frames: torch.Tensor,
+    image_index: torch.Tensor,
+    inverse: torch.Tensor,
+    out_size: tuple[int, int],
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    channel_order: str,
+    out: torch.Tensor,
+) -> torch.Tensor:
+    """Crops of N persons from the (B, H, W, 3) uint8 BGR `frames`, normalised into `out` (N, 3, out_h,
+    out_w) float32: crop i reads image `image_index[i]` through `inverse[i]` (2, 3), the crop -> image
+    affine map. Same values as `crop_normalize_torch` with the matrices whose inverses these are."""
+    if triton is None:
+        raise RtposeError("crop_normalize_triton needs Triton (pip install triton)")
+    n = int(inverse.shape[0])
+    out_h, out_w = out_size
+    ok = frames.ndim == 4 and frames.shape[3] == 3 and frames.dtype == torch.uint8 and frames.is_contiguous()
+    if not ok or tuple(inverse.shape[1:]) != (2, 3) or tuple(image_index.shape) != (n,):
+        raise RtposeError(
+            f"need contiguous (B, H, W, 3) uint8 frames, inverses (N, 2, 3) and image indices (N,); got "
+            f"{tuple(frames.shape)} {frames.dtype}, {tuple(inverse.shape)}, {tuple(image_index.shape)}"
+        )
+    if tuple(out.shape) != (n, 3, out_h, out_w) or out.dtype != torch.float32 or not out.is_contiguous():
+        want = (n, 3, out_h, out_w)
+        raise RtposeError(f"output buffer {tuple(out.shape)} {out.dtype} does not fit {want} float32")
+    if channel_order not in ("RGB", "BGR"):
+        raise RtposeError(f"channel order must be 'RGB' or 'BGR', not {channel_order!r}")
+    if n == 0:
+        return out
+    inverse32 = inverse.to(torch.float32).contiguous()
+    grid = (triton.cdiv(out_h * out_w, _BLOCK), n)
+    _crop_normalize_kernel[grid](
+        frames, image_index.to(torch.int64), inverse32, mean.to(torch.float32), std.to(torch.float32), out,
+        int(frames.shape[1]), int(frames.shape[2]), out_h, out_w,
+        RGB=channel_order == "RGB", RN=not _INTERPRETED, BLOCK=_BLOCK,
+    )  # fmt: skip
+    return out
