@@ -173,28 +173,6 @@ class FrameBuffer:
                     self.images[index].copy_(self._staging[index], non_blocking=True)
 
 
-_SPIN_WAIT = os.environ.get("RTPOSE_SPIN_WAIT") == "1"
-
-
-def to_host(tensor: torch.Tensor) -> np.ndarray:
-    """A device tensor as a host array, the calling thread *sleeping* until the copy is done.
-
-    Why: a plain `.cpu()` waits in cudaStreamSynchronize, which by CUDA's default spins a CPU core for
-    the whole wait when the machine has more cores than the process has contexts. In the video pipeline's
-    worker processes that wait is ~55% of each main thread's time (py-spy, H100 host, 8 workers under
-    MPS): eight spinning cores taken from the decoders. Here the copy goes into pinned memory and the
-    thread waits on an event created with the blocking-sync flag. RTPOSE_SPIN_WAIT=1 restores the plain
-    copy (for comparisons)."""
-    if tensor.device.type != "cuda" or _SPIN_WAIT:
-        return tensor.cpu().numpy()
-    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)  # torch caches pinned blocks
-    host.copy_(tensor, non_blocking=True)
-    done = torch.cuda.Event(blocking=True)
-    done.record()
-    done.synchronize()
-    return host.numpy()
-
-
 def uniform_key(images: Sequence[Any]) -> tuple[int, int, int] | None:
     """(B, H, W) when all images are (H, W, 3) of one size, else None (the steps need one size)."""
     if not images:
@@ -286,7 +264,7 @@ class DetectStep:
     def run(self) -> PersonSlots | None:
         """The stage on the images loaded into the frame buffer already."""
         self._replay()
-        info = to_host(self._info).tolist()  # the one host sync of the stage
+        info = self._info.tolist()  # the one host sync of the stage
         if not info[-1]:
             return None
         return PersonSlots(self._slot_boxes, self._slot_scores, self._slot_image, info[:-1])

@@ -283,8 +283,6 @@ class TopDown:
         """Detector and pose stages as graph replays (None: the eager path must answer this call)."""
         import torch
 
-        from rtpose.pipelines import graphed
-
         assert self.detector is not None
         detect = self.detector.graph_step(images)
         if detect is None:
@@ -302,7 +300,7 @@ class TopDown:
                 boxes, scores, index = slots.boxes[:n], slots.scores[:n], slots.image_index[:n]
                 rows = self._pose_rows(detect.frames, boxes, scores, index)
             else:  # the boxes come to the host (one copy) to be chosen; the images stay loaded
-                found = graphed.to_host(torch.cat([slots.boxes[:n], slots.scores[:n, None]], 1))
+                found = torch.cat([slots.boxes[:n], slots.scores[:n, None]], 1).cpu().numpy()
                 per_image = np.split(found, np.cumsum(slots.counts)[:-1])
                 chosen = [_host_box_set(*select(i, f[:, :4], f[:, 4])) for i, f in enumerate(per_image)]
         if select is not None:
@@ -338,7 +336,7 @@ class TopDown:
                 return None
             rows = step.run(boxes[start:stop], scores[start:stop], image_index[start:stop])
             chunks.append(rows.clone() if stop < n else rows)  # the next replay overwrites the buffer
-        return graphed.to_host(torch.cat(chunks) if len(chunks) > 1 else chunks[0])  # the one host copy
+        return (torch.cat(chunks) if len(chunks) > 1 else chunks[0]).cpu().numpy()  # the one host copy
 
     def _pose_graphed_on_boxes(
         self, images: list[Any], boxes: Sequence[Any], scores: Sequence[Any]
