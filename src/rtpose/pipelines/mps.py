@@ -3,7 +3,7 @@
 Why: without MPS the CUDA contexts of several processes take turns on the GPU (time slicing), so one
 worker's small kernels never run beside another's and the GPU idles inside every turn. Under MPS
 (NVIDIA's Multi-Process Service) the workers' kernels share the GPU at the same time. Measured on the
-H100 (8 workers, 8 streams, RTMDet-nano + RTMPose-m FP16, docs/benchmarks.md): 340 -> 544 frames/s.
+H100 (8 workers, 8 streams, RTMDet-nano + RTMPose-m FP16, docs/benchmarks.md): 441 -> 750 frames/s.
 
 The daemon is private to the pipeline: its pipe and log folders are fresh temporary folders, and only
 processes whose environment names them (the workers, started inside `client_environment`) connect to

@@ -3,7 +3,8 @@
 Why: one Python process is bound by its one thread doing the per-frame work of every stream (graph
 launches, tracking, smoothing, results) and by decoder threads contending for its GIL. On the H100 host
 one process ran 8 streams of the street video at ~140 frames/s, and ~240 with the frames already in
-memory (no decoding at all). Processes share nothing but the GPU (CUDA time-slices their kernels): each
+memory (no decoding at all). Processes share nothing but the GPU (under a private MPS daemon by default,
+`pipelines.mps`, so their kernels run side by side instead of in turns): each
 worker decodes, detects, tracks, smooths and writes the annotated videos of its own streams, and sends
 the per-frame results (people, not images) to the parent, which writes the JSONL and yields them.
 

@@ -103,8 +103,8 @@ def add_video_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     parser.add_argument(
         "--workers", type=int, default=1, metavar="N",
         help="spread the streams over N processes, each decoding, inferring and tracking its own streams; "
-             "on the H100 with 8 streams, 4 workers ran 1.7-2.4x the frames/s of one process, 8 were no "
-             "faster (see docs/benchmarks.md) (default 1)",
+             "on the H100 with 8 streams, 8 workers under MPS (see --mps) ran 734-750 frames/s against 177 "
+             "for one process (see docs/benchmarks.md) (default 1)",
     )  # fmt: skip
     parser.add_argument(
         "--model-server", action="store_true",
@@ -116,7 +116,7 @@ def add_video_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     parser.add_argument(
         "--mps", default="auto", choices=["auto", "on", "off"],
         help="with --workers on a GPU: run the workers under a private CUDA MPS daemon, so their kernels "
-             "share the GPU at once instead of taking turns (on the H100, 8 workers: 340 -> 544 frames/s). "
+             "share the GPU at once instead of taking turns (on the H100, 8 workers: 441 -> 750 frames/s). "
              "auto: on for 2+ workers with their own models where the daemon starts (else a warning); "
              "on: an error where it cannot; the daemon is quit at the end (default auto)",
     )  # fmt: skip
