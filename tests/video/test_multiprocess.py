@@ -221,57 +221,49 @@ def test_a_killed_model_server_ends_the_streams_instead_of_failing_every_frame(
     assert all(e.reason == "failed" and "model server" in e.error for e in ends.values())
 
 
-@pytest.mark.gpu
-def test_model_server_on_the_gpu_gives_the_one_process_results(street: list, rtpose_env: dict) -> None:
-    """Compiled FP16 engines with CUDA-graph steps in the server: frames read from registered shared
-    memory, batches padded to powers of two; the same people as one `Pipeline` (FP16 kernels chosen per
-    batch size may differ in the last bits: keypoints within a pixel)."""
-    options = {**OPTIONS, "backend": "compiled", "device": "cuda", "precision": "fp16"}
+GPU_OPTIONS = {**OPTIONS, "backend": "compiled", "device": "cuda", "precision": "fp16"}
+
+
+def _gpu_processes_match_one_process(street: list, processes: ProcessPipeline) -> None:
+    """`processes` (built with GPU_OPTIONS) gives the people of one `Pipeline` on three streams: the same
+    tracks, keypoints within a pixel (FP16 kernels chosen per batch size may differ in the last bits)."""
     sources = {"a": street[:6], "b": street[6:], "c": street[2:8]}
-    with Pipeline(**options) as single:
+    with Pipeline(**GPU_OPTIONS) as single:
         for name, frames in sources.items():
             single.add_source(frames, name=name, fps=25)
         expected = {(r.stream, r.frame): r for r in single}
-    served = ProcessPipeline(workers=3, model_server=True, **options)
     for name, frames in sources.items():
-        served.add_source(frames, name=name, fps=25)
-    got = {(r.stream, r.frame): r for r in served}
+        processes.add_source(frames, name=name, fps=25)
+    got = {(r.stream, r.frame): r for r in processes}
     assert got.keys() == expected.keys() and all(r.error is None for r in got.values())
     for key, result in got.items():
         want = expected[key]
         assert [p.track_id for p in result.people] == [p.track_id for p in want.people]
         for mine, theirs in zip(result.people, want.people, strict=True):
             np.testing.assert_allclose(mine.keypoints, theirs.keypoints, atol=1.0)
+
+
+@pytest.mark.gpu
+def test_model_server_on_the_gpu_gives_the_one_process_results(street: list, rtpose_env: dict) -> None:
+    """Compiled FP16 engines with CUDA-graph steps in the server: frames read from registered shared
+    memory, batches padded to powers of two."""
+    served = ProcessPipeline(workers=3, model_server=True, **GPU_OPTIONS)
+    _gpu_processes_match_one_process(street, served)
     assert served.server_stats is not None and served.server_stats["frames"] == 18
 
 
 @pytest.mark.gpu
 def test_workers_under_mps_give_the_one_process_results(street: list, rtpose_env: dict) -> None:
-    """Three workers with compiled FP16 engines under the private MPS daemon: the same people as one
-    `Pipeline` (keypoints within a pixel, as above), and the daemon is gone afterwards."""
+    """Three workers with compiled FP16 engines under the private MPS daemon, which is gone afterwards."""
     import shutil
 
     from rtpose.pipelines.mps import CONTROL
 
     if shutil.which(CONTROL) is None:
         pytest.skip(f"{CONTROL} is not on this machine")
-    options = {**OPTIONS, "backend": "compiled", "device": "cuda", "precision": "fp16"}
-    sources = {"a": street[:6], "b": street[6:], "c": street[2:8]}
-    with Pipeline(**options) as single:
-        for name, frames in sources.items():
-            single.add_source(frames, name=name, fps=25)
-        expected = {(r.stream, r.frame): r for r in single}
-    shared = ProcessPipeline(workers=3, mps="on", **options)
-    for name, frames in sources.items():
-        shared.add_source(frames, name=name, fps=25)
-    got = {(r.stream, r.frame): r for r in shared}
+    shared = ProcessPipeline(workers=3, mps="on", **GPU_OPTIONS)
+    _gpu_processes_match_one_process(street, shared)
     assert shared.mps_used and not shared._mps.running
-    assert got.keys() == expected.keys() and all(r.error is None for r in got.values())
-    for key, result in got.items():
-        want = expected[key]
-        assert [p.track_id for p in result.people] == [p.track_id for p in want.people]
-        for mine, theirs in zip(result.people, want.people, strict=True):
-            np.testing.assert_allclose(mine.keypoints, theirs.keypoints, atol=1.0)
 
 
 def test_sources_added_while_running_go_to_a_running_worker(
