@@ -54,3 +54,15 @@ def test_status_line_shows_rate_latency_drops_and_progress(scene_dir: Path) -> N
     printer.update("short")
     printer.finish()
     assert out.getvalue() == "\rlong line here\rshort         \n"
+
+
+def test_mps_asked_for_where_it_cannot_run_is_a_clear_error(
+    data_dir: Path, tmp_path: Path, rtpose_env: dict, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    from rtpose.cli import main as rtpose_main
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-cuda-mps-control here
+    clip = str(data_dir / "video" / "mmpose_demo.mp4")
+    args = ["video", clip, clip, "--workers", "2", "--mps", "on", "--pose-weights", "random", "--quiet"]
+    code = rtpose_main([*args, "--jsonl", str(tmp_path / "o.jsonl")])
+    assert code == 1 and "error: nvidia-cuda-mps-control is not on PATH" in capsys.readouterr().err
