@@ -66,3 +66,19 @@ def test_mps_asked_for_where_it_cannot_run_is_a_clear_error(
     args = ["video", clip, clip, "--workers", "2", "--mps", "on", "--pose-weights", "random", "--quiet"]
     code = rtpose_main([*args, "--jsonl", str(tmp_path / "o.jsonl")])
     assert code == 1 and "error: nvidia-cuda-mps-control is not on PATH" in capsys.readouterr().err
+
+
+def test_worker_count_auto_is_one_process_per_stream_on_a_gpu_and_one_on_the_cpu() -> None:
+    from rtpose.errors import RtposeError
+    from rtpose.pipelines.video_cli import worker_count
+
+    assert worker_count("auto", "cpu", 8, cores=16) == 1
+    assert worker_count("auto", "cuda", 8, cores=16) == 8
+    assert worker_count("auto", "cuda:1", 3, cores=16) == 3
+    assert worker_count("auto", "cuda", 20, cores=16) == 8  # half the cores, at most 8
+    assert worker_count("auto", "cuda", 8, cores=6) == 3
+    assert worker_count("auto", "cuda", 1, cores=2) == 1
+    assert worker_count("4", "cpu", 1) == 4
+    for bad in ("0", "many"):
+        with pytest.raises(RtposeError, match="--workers"):
+            worker_count(bad, "cuda", 2)

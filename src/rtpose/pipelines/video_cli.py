@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from typing import Any, TextIO
@@ -101,10 +102,12 @@ def add_video_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         "--d-cutoff", type=float, default=1.0, help="One-Euro cutoff of the speed estimate, Hz"
     )
     parser.add_argument(
-        "--workers", type=int, default=1, metavar="N",
+        "--workers", default="auto", metavar="N|auto",
         help="spread the streams over N processes, each decoding, inferring and tracking its own streams; "
              "on the H100 with 8 streams, 8 workers under MPS (see --mps) ran 734-750 frames/s against 177 "
-             "for one process (see docs/benchmarks.md) (default 1)",
+             "for one process (see docs/benchmarks.md). auto: on a CUDA device one process per stream, at "
+             "most half the cores and 8; on the CPU one process (2 workers on 2 cores were slower) "
+             "(default auto)",
     )  # fmt: skip
     parser.add_argument(
         "--model-server", action="store_true",
@@ -173,6 +176,22 @@ class StatusPrinter:
             self.stream.flush()
 
 
+def worker_count(requested: str, device: str, sources: int, cores: int | None = None) -> int:
+    """The number of worker processes `--workers` asks for (see its help); bad values raise."""
+    if requested != "auto":
+        try:
+            count = int(requested)
+        except ValueError:
+            raise RtposeError(f"--workers takes a number or 'auto', not {requested!r}") from None
+        if count < 1:
+            raise RtposeError(f"--workers must be at least 1, not {count}")
+        return count
+    if not str(device).startswith("cuda"):
+        return 1
+    cores = cores if cores is not None else os.cpu_count() or 1
+    return max(1, min(sources, 8, cores // 2))
+
+
 def run_video(args: argparse.Namespace) -> int:
     """Exit code 0 when every stream ended cleanly, 1 when one failed, 130 on a second Ctrl-C."""
     options = dict(
@@ -183,13 +202,14 @@ def run_video(args: argparse.Namespace) -> int:
         one_euro=OneEuroParams(args.min_cutoff, args.beta, args.d_cutoff), out_dir=args.out, jsonl=args.jsonl,
     )  # fmt: skip
     try:
-        if args.workers > 1 or args.model_server:
+        workers = worker_count(args.workers, args.device, len(args.sources))
+        if workers > 1 or args.model_server:
             from rtpose.pipelines.multiprocess import ProcessPipeline
 
             pipeline: Any = ProcessPipeline(
                 args.pose,
                 args.det,
-                workers=args.workers,
+                workers=workers,
                 model_server=args.model_server,
                 mps=args.mps,
                 **options,
