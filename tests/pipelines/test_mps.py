@@ -6,7 +6,9 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -52,6 +54,27 @@ def test_start_checks_a_client_then_stop_quits_and_cleans_up(tmp_path: Path) -> 
     daemon.stop()
     assert log.read_text().splitlines()[-1] == "quit" and not pipe.exists() and not daemon.running
     daemon.stop()  # twice is harmless
+
+
+def test_a_daemon_whose_starter_is_killed_is_quit_by_its_watchdog(tmp_path: Path) -> None:
+    program, log = _fake_control(tmp_path)
+    code = (
+        "import sys, time; from rtpose.pipelines.mps import MpsDaemon; "
+        f"env = MpsDaemon(control={str(program)!r}, probe={PROBE_OK!r}).start(); "
+        "print(env['CUDA_MPS_PIPE_DIRECTORY'], flush=True); time.sleep(60)"
+    )
+    starter = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    pipe = Path(starter.stdout.readline().strip())
+    assert pipe.is_dir() and "quit" not in log.read_text()
+    starter.kill()  # no stop(), no atexit
+    starter.wait()
+    deadline = time.monotonic() + 20
+    while "quit" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert log.read_text().rstrip().endswith("quit")
+    while pipe.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not pipe.exists()
 
 
 def test_a_daemon_no_client_can_reach_is_quit_and_reported(tmp_path: Path) -> None:

@@ -8,9 +8,10 @@ H100 (8 workers, 8 streams, RTMDet-nano + RTMPose-m FP16, docs/benchmarks.md): 4
 The daemon is private to the pipeline: its pipe and log folders are fresh temporary folders, and only
 processes whose environment names them (the workers, started inside `client_environment`) connect to
 it; every other CUDA process on the machine goes on as before. It runs in the GPU's default compute
-mode and changes no GPU setting; `stop` quits it. Starting it is checked end to end (a small process
-creates a CUDA context through it), so a machine where MPS cannot run is told apart before any worker
-depends on it.
+mode and changes no GPU setting; `stop` quits it, and a small watchdog process quits it too when the
+process that started it dies without stopping it (SIGKILL, a crash). Starting it is checked end to end
+(a small process creates a CUDA context through it), so a machine where MPS cannot run is told apart
+before any worker depends on it.
 """
 
 from __future__ import annotations
@@ -45,6 +46,18 @@ for call, args in (("cuInit", (0,)), ("cuDeviceGet", (ctypes.byref(device), 0)),
 """
 
 
+#: quits the daemon when the process that started it is gone without stopping it (killed): argv is the
+#: starter's pid, the control program and the folder to remove; it notices by being re-parented
+_WATCHDOG = """
+import os, shutil, subprocess, sys, time
+starter, control, root = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+while os.getppid() == starter:
+    time.sleep(0.5)
+subprocess.run([control], input="quit\\n", text=True, capture_output=True, timeout=60)
+shutil.rmtree(root, ignore_errors=True)
+"""
+
+
 class MpsUnavailable(RtposeError):
     """MPS cannot be used here; the message says why."""
 
@@ -65,6 +78,7 @@ class MpsDaemon:
         #: the variables that point a CUDA process at this daemon (empty while not running)
         self.env: dict[str, str] = {}
         self._root: Path | None = None
+        self._watchdog: subprocess.Popen | None = None
 
     @property
     def running(self) -> bool:
@@ -89,10 +103,19 @@ class MpsDaemon:
         except MpsUnavailable:
             self.stop()
             raise
+        self._watchdog = subprocess.Popen(
+            [sys.executable, "-c", _WATCHDOG, str(os.getpid()), control, str(self._root)],
+            env={**os.environ, **env}, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True,  # Ctrl-C of our terminal is not its own
+        )  # fmt: skip
         logger.info("MPS: private daemon started (%s)", self._root)
         return env
 
     def stop(self) -> None:
+        if self._watchdog is not None:  # we quit the daemon ourselves
+            self._watchdog.kill()
+            self._watchdog.wait()
+            self._watchdog = None
         if self.env and self.control:
             with contextlib.suppress(OSError, subprocess.SubprocessError):
                 subprocess.run([self.control], input="quit\n", text=True, env={**os.environ, **self.env},
