@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from rtpose.benchmarks.video_bench import _timed
@@ -61,3 +62,19 @@ def test_server_share_counts_the_whole_seconds_inside_the_window() -> None:
     share = _server_share({"steps": 37, "busy_s": 2.65, "timeline": timeline}, 9.5, 13.2)
     assert share["steps"] == 23 and share["frames_per_step"] == round(144 / 23, 2)
     assert share["busy_share"] == round(0.85 / 3, 3) and share["whole_run"] == {"steps": 37, "busy_s": 2.65}
+
+
+def test_cpu_busy_share_reads_the_machine_counters() -> None:
+    import sys
+
+    from rtpose.benchmarks.video_bench import cpu_busy_share, cpu_times
+
+    assert cpu_busy_share((10, 100), (40, 200)) == 0.3
+    assert cpu_busy_share(None, (40, 200)) is None and cpu_busy_share((10, 100), (10, 100)) is None
+    if sys.platform.startswith("linux"):
+        first = cpu_times()
+        deadline = time.perf_counter() + 0.3
+        while time.perf_counter() < deadline:  # keep one core busy
+            pass
+        share = cpu_busy_share(first, cpu_times())
+        assert share is not None and 0.0 < share <= 1.0

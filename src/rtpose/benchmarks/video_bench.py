@@ -105,12 +105,13 @@ def _timed(pipeline: Any, video: Path, streams: int, frames: int, warmup: int = 
     """Steady-state frames/s: the looped streams run until every one of them has given `warmup` results
     (model loading, worker start-up and the CUDA-graph captures of each batch shape and person bucket
     happen there), then `frames * streams` results are timed with every stream running, then the
-    pipeline is left (which closes it). `warm_s` says how long the warm-up took."""
+    pipeline is left (which closes it). `warm_s` says how long the warm-up took, `cpu_busy` which share of
+    the whole machine's CPU time was busy in the timed window (a saturated CPU reads near 1)."""
     names = [pipeline.add_source(video, name=f"s{i}") for i in range(streams)]
     counts = dict.fromkeys(names, 0)
     cold = set(names) if warmup > 0 else set()
     latencies: list[float] = []
-    began, window_start = time.perf_counter(), time.monotonic()
+    began, window_start, cpu_start = time.perf_counter(), time.monotonic(), cpu_times()
     start: float | None = None if cold else began
     timed, wanted = 0, frames * streams
     for result in pipeline:
@@ -121,12 +122,14 @@ def _timed(pipeline: Any, video: Path, streams: int, frames: int, warmup: int = 
             if not cold:
                 start = time.perf_counter()  # the clock starts once every stream is warm
                 window_start = time.monotonic()
+                cpu_start = cpu_times()
             continue
         timed += 1
         latencies.append(result.latency)
         if timed == wanted:
             break
     end = time.perf_counter()
+    cpu_end = cpu_times()
     window = (window_start, time.monotonic())
     elapsed = end - start if start is not None else 0.0
     latency = round(1000 * float(np.median(latencies)), 1) if latencies else None
@@ -134,7 +137,26 @@ def _timed(pipeline: Any, video: Path, streams: int, frames: int, warmup: int = 
     return {"streams": streams, "frames": timed, "warm_s": round((start or end) - began, 2),
             "seconds": round(elapsed, 2), "fps_total": fps,
             "fps_per_stream": round(fps / streams, 2) if fps else None,
-            "latency_ms_median": latency, "window": window}  # fmt: skip
+            "latency_ms_median": latency, "cpu_busy": cpu_busy_share(cpu_start, cpu_end),
+            "window": window}  # fmt: skip
+
+
+def cpu_times() -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs of the machine since boot (Linux `/proc/stat`), else None."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = sum(fields[3:5])  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def cpu_busy_share(start: tuple[int, int] | None, end: tuple[int, int] | None) -> float | None:
+    """The share of the machine's CPU time that was busy between two `cpu_times()` (None if unknown)."""
+    if start is None or end is None or end[1] <= start[1]:
+        return None
+    return round((end[0] - start[0]) / (end[1] - start[1]), 3)
 
 
 def sequential_baseline(video: Path, frames: int, pose: str, device: str, **kw) -> dict:
