@@ -221,3 +221,24 @@ def test_frame_buffer_reads_pinned_host_images_where_they_lie() -> None:
     torch.cuda.synchronize()
     assert np.array_equal(mixed.images[0].cpu().numpy(), pageable)
     assert torch.equal(mixed.images[1].cpu(), pinned[1])
+
+
+def test_a_failing_one_kernel_crop_falls_back_to_the_torch_crop(
+    engines: dict, frames: list[np.ndarray], monkeypatch
+) -> None:
+    """Where the Triton crop is available but cannot run (no compiler, say), the pose steps warn once
+    and crop with torch: same results, the graphs stay on."""
+    from rtpose.preprocess import crop_triton
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("no C compiler for the Triton launcher")
+
+    monkeypatch.setattr(crop_triton, "available", lambda device: True)
+    monkeypatch.setattr(crop_triton, "crop_normalize_triton", broken)
+    eager, steps = _pipeline(engines, graphs=False), _pipeline(engines, graphs=True)
+    expected = _json(eager.predict_batch(frames))
+    steps.predict_batch(frames)  # a new shape: op by op
+    with pytest.warns(RuntimeWarning, match="one-kernel crop failed"):
+        assert _json(steps.predict_batch(frames)) == expected  # through the steps
+    assert steps.graphs and _graph_steps(steps)[0] == 1
+    assert _json(steps.predict_batch(frames)) == expected

@@ -24,6 +24,7 @@ CUDA (the unit tests) the steps run as plain functions.
 from __future__ import annotations
 
 import os
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -295,7 +296,21 @@ class PoseStep:
         self.image_index = torch.zeros(bucket, dtype=torch.int64, device=device)
         network_input = torch.zeros((bucket, 3, *input_size), dtype=torch.float32, device=device)
         self._rows: torch.Tensor | None = None  # made by the first (warm-up) run: its width is 5 + 3K
-        one_kernel = crop_triton.available(device) and os.environ.get("RTPOSE_TRITON", "1") != "0"
+        self.one_kernel = crop_triton.available(device) and os.environ.get("RTPOSE_TRITON", "1") != "0"
+
+        def crop(matrices: torch.Tensor, inverse: torch.Tensor) -> None:
+            if self.one_kernel:  # the same values as below, in one kernel instead of ~40
+                try:
+                    crop_triton.crop_normalize_triton(frames.images, self.image_index, inverse,
+                                                      input_size, mean, std, spec.channel_order,
+                                                      network_input)  # fmt: skip
+                    return
+                except Exception as exc:  # e.g. Triton cannot compile here: the torch crops are the same
+                    warnings.warn(f"the one-kernel crop failed ({exc}); cropping with torch", RuntimeWarning,
+                                  stacklevel=2)  # fmt: skip
+                    self.one_kernel = False
+            crop_normalize_torch(pack, param_table[self.image_index], matrices, input_size, mean, std,
+                                 spec.channel_order, out=network_input, inverse=inverse)  # fmt: skip
 
         def body() -> None:
             from rtpose.pipelines.topdown import _pack_rows
@@ -303,12 +318,7 @@ class PoseStep:
             boxes = self.boxes.to(torch.float64)
             matrices = boxes_to_affine_matrices(boxes, input_size, bbox_padding)
             inverse = invert_affine_matrices(matrices)
-            if one_kernel:  # the same values as below, in one kernel instead of ~40
-                crop_triton.crop_normalize_triton(frames.images, self.image_index, inverse, input_size, mean,
-                                                  std, spec.channel_order, network_input)  # fmt: skip
-            else:
-                crop_normalize_torch(pack, param_table[self.image_index], matrices, input_size, mean, std,
-                                     spec.channel_order, out=network_input, inverse=inverse)  # fmt: skip
+            crop(matrices, inverse)
             keypoints, keypoint_scores = decode_pose(spec, network(network_input))
             keypoints = transform_points(keypoints, inverse)
             rows = _pack_rows(torch, boxes, self.scores, keypoints, keypoint_scores.to(torch.float32))
