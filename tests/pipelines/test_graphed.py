@@ -242,3 +242,30 @@ def test_a_failing_one_kernel_crop_falls_back_to_the_torch_crop(
         assert _json(steps.predict_batch(frames)) == expected  # through the steps
     assert steps.graphs and _graph_steps(steps)[0] == 1
     assert _json(steps.predict_batch(frames)) == expected
+
+
+def test_prepared_steps_answer_from_the_first_call(
+    engines: dict, frames: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`prepare_graphs` makes the detector step and every pose bucket up front (both frame buffers), so
+    the first call of that shape already goes through the steps, with the eager results. (The 12
+    persons fill the 12 bucket exactly: a padded batch may flip rare argmaxes of random pose weights.)"""
+    eager, steps = _pipeline(engines, graphs=False), _pipeline(engines, graphs=True)
+    expected = eager.predict_batch(frames)
+    assert sum(map(len, expected)) == 12
+    monkeypatch.setattr(engines["pose"], "buckets", (1, 2, 4, 12), raising=False)
+    height, width = frames[0].shape[:2]
+    assert eager.prepare_graphs(height, width, (3,)) == 0  # graphs off: nothing to prepare
+    made = steps.prepare_graphs(height, width, (1, 3), persons_per_image=2)
+    # batch 1: detector + buckets 1, 2 on two buffers; batch 3: detector + buckets 1, 2, 4, 12 on two
+    assert made == (1 + 2 * 2) + (1 + 2 * 4)
+    assert _graph_steps(steps) == (2, {1, 2, 4, 12})
+    assert _json(steps.predict_batch(frames)) == _json(expected)  # first call: through the steps
+    assert _graph_steps(steps)[0] == 2  # no new step
+    boxes = [np.stack([p.bbox for p in image]) for image in expected]
+    scores = [np.array([p.score for p in image], np.float32) for image in expected]
+    prepared = steps._frames.items[(3, height, width)]
+    assert set(prepared.pose_steps) == {1, 2, 4, 12}
+    got = steps.predict_on_boxes_batch(frames, boxes, scores)  # first call with boxes: the prepared buffer
+    assert _json(got) == _json(eager.predict_on_boxes_batch(frames, boxes, scores))
+    assert steps._frames.items[(3, height, width)] is prepared

@@ -255,3 +255,30 @@ def test_poses_only_for_detections_the_tracker_can_use(
 
     assert run(True) == run(False)
     assert sum(posed[True]) < 0.6 * sum(posed[False])  # far fewer pose crops for the same results
+
+
+class _PreparingModel(BlobModel):
+    def __init__(self) -> None:
+        super().__init__()
+        self.prepared: list[tuple[int, int, list[int]]] = []
+
+    def prepare(self, height: int, width: int, batch_sizes: list[int]) -> int:
+        self.prepared.append((height, width, list(batch_sizes)))
+        return 3
+
+
+def test_prepare_graphs_asks_the_model_once_per_frame_size_before_its_first_step() -> None:
+    small = [scene_frame(i) for i in range(4)]
+    large = [scene_frame(i, size=(240, 320)) for i in range(4)]
+    model = _PreparingModel()
+    with Pipeline(model=model, prepare_graphs=True, batch_size=4) as pipe:
+        for name, frames in (("a", small), ("b", small), ("c", large)):
+            pipe.add_source(frames, name=name, fps=25)
+        results = list(pipe)
+    assert len(results) == 12 and all(r.error is None for r in results)
+    assert sorted(model.prepared) == [(120, 160, [1, 3]), (240, 320, [1, 3])]  # one frame, all 3 streams
+    plain = _PreparingModel()
+    with Pipeline(model=plain) as pipe:  # off by default
+        pipe.add_source(small, name="a", fps=25)
+        list(pipe)
+    assert plain.prepared == []

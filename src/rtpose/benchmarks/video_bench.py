@@ -321,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mps", nargs="+", default=["auto"], choices=["auto", "on", "off"],
                         help="with workers on a GPU: run them under a private CUDA MPS daemon (auto: where "
                              "it starts); each value a row")  # fmt: skip
+    parser.add_argument("--prepare-graphs", action="store_true",
+                        help="make the CUDA-graph steps on each stream's first frame instead of on first "
+                             "use (Pipeline(prepare_graphs=True))")  # fmt: skip
     parser.add_argument("--server-wait", type=float, default=0.002,
                         help="seconds the model server waits for more workers' requests")  # fmt: skip
     parser.add_argument("--decode", default="auto", choices=["auto", "cpu", "nvdec"],
@@ -350,8 +353,8 @@ def main(argv: list[str] | None = None) -> int:
         for interval, n, workers, server, mps in rows:
             row = throughput(args.video, n, args.frames, args.pose, interval, args.batch, args.warmup,
                              workers, server == "on", args.server_wait, mps, pose_weights=args.pose_weights,
-                             decode=args.decode, **engine)  # fmt: skip
-            row["decode"] = args.decode
+                             decode=args.decode, prepare_graphs=args.prepare_graphs, **engine)  # fmt: skip
+            row["decode"], row["prepare_graphs"] = args.decode, args.prepare_graphs
             if "baseline" in report:
                 row["x_baseline"] = round(row["fps_total"] / report["baseline"]["fps"], 2)
             report["throughput"].append(row)

@@ -166,9 +166,15 @@ class Detector:
         from rtpose.pipelines import graphed
 
         key = graphed.uniform_key(images) if self.graphs else None
-        bucket = graphed.step_bucket(graphed.engine_buckets(self.engine), key[0]) if key else None
-        network = graphed.graph_network(self.engine) if key else None
-        if key is None or bucket is None or network is None:
+        return self.graph_step_for(key) if key is not None else None
+
+    def graph_step_for(self, key: tuple[int, int, int], now: bool = False) -> Any:
+        """The `DetectStep` for (images, height, width) `key`; now: made at once (see `StepCache.get`)."""
+        from rtpose.pipelines import graphed
+
+        bucket = graphed.step_bucket(graphed.engine_buckets(self.engine), key[0]) if self.graphs else None
+        network = graphed.graph_network(self.engine) if bucket is not None else None
+        if bucket is None or network is None:
             return None
         if self._steps is None:
             self._steps = graphed.StepCache()
@@ -176,7 +182,7 @@ class Detector:
             graphed.FrameBuffer(*key, device=torch_device(self.device)), network, self.spec,
             bucket=bucket, score_thr=self.score_thr, iou_thr=self.iou_thr, pre_top_k=self.pre_top_k,
             max_det=self.max_det, pad_value=self.pad_value,
-        )))  # fmt: skip
+        )), now=now)  # fmt: skip
 
     def _detect_torch(
         self, images: list[Any], timer: StageTimer, graph: bool = True

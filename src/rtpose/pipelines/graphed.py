@@ -105,13 +105,14 @@ class StepCache:
         self.items: OrderedDict[tuple[int, int, int], Any] = OrderedDict()
         self._seen: OrderedDict[tuple[int, int, int], int] = OrderedDict()
 
-    def get(self, key: tuple[int, int, int], make: Callable[[], Any]) -> Any:
-        """The step of `key` (None while the shape is too new, or where `make` gave None)."""
+    def get(self, key: tuple[int, int, int], make: Callable[[], Any], now: bool = False) -> Any:
+        """The step of `key` (None while the shape is too new, or where `make` gave None); now: make it
+        at once, however new the shape (a pre-capture of shapes known to come)."""
         if key in self.items:
             self.items.move_to_end(key)
             return self.items[key]
         count = self._seen.pop(key, 0) + 1
-        if count < self.after:
+        if count < self.after and not now:
             self._seen[key] = count
             if len(self._seen) > 256:
                 self._seen.popitem(last=False)

@@ -327,16 +327,58 @@ class TopDown:
             bucket = graphed.step_bucket(buckets, stop - start)
             if network is None or bucket is None:
                 return None
-            if bucket not in frames.pose_steps:
-                frames.pose_steps[bucket] = make_step(self, lambda bucket=bucket: graphed.PoseStep(
-                    frames, network, self.pose_spec, bucket=bucket, bbox_padding=self.bbox_padding
-                ))  # fmt: skip
-            step = frames.pose_steps[bucket]
+            step = self._pose_step(frames, bucket, network)
             if step is None:
                 return None
             rows = step.run(boxes[start:stop], scores[start:stop], image_index[start:stop])
             chunks.append(rows.clone() if stop < n else rows)  # the next replay overwrites the buffer
         return (torch.cat(chunks) if len(chunks) > 1 else chunks[0]).cpu().numpy()  # the one host copy
+
+    def _pose_step(self, frames: Any, bucket: int, network: Any) -> Any:
+        """The pose step of `bucket` persons on the images of `frames`, made on first use (None where its
+        capture failed: the graphs are then off)."""
+        from rtpose.pipelines import graphed
+
+        if bucket not in frames.pose_steps:
+            frames.pose_steps[bucket] = make_step(self, lambda: graphed.PoseStep(
+                frames, network, self.pose_spec, bucket=bucket, bbox_padding=self.bbox_padding
+            ))  # fmt: skip
+        return frames.pose_steps[bucket]
+
+    def prepare_graphs(
+        self, height: int, width: int, batch_sizes: Sequence[int] = (1,), persons_per_image: int = 16
+    ) -> int:
+        """Capture now, instead of on their first calls, the CUDA-graph steps for images of (height,
+        width) in batches of these sizes: the detector's step and, on its frame buffer and on the one for
+        boxes given by the caller (tracking), the pose steps of every bucket up to `persons_per_image`
+        persons per image. A video pipeline then runs at full speed from its first frames. Returns the
+        number of steps made (0 where graphs are off; at most 4 batch sizes are kept, see `StepCache`)."""
+        from rtpose.pipelines import graphed
+
+        buckets = graphed.engine_buckets(self.pose_engine)
+        network = graphed.graph_network(self.pose_engine) if self.graphs else None
+        if network is None or not buckets:
+            return 0
+        made = 0
+        for batch in batch_sizes:
+            key = (int(batch), int(height), int(width))
+            buffers = []
+            detect = self.detector.graph_step_for(key, now=True) if self.detector is not None else None
+            if detect is not None:
+                buffers.append(detect.frames)
+                made += 1
+            if self._frames is None:
+                self._frames = graphed.StepCache()
+            buffers.append(self._frames.get(
+                key, lambda key=key: graphed.FrameBuffer(*key, device=torch_device(self.device)), now=True
+            ))  # fmt: skip
+            top = graphed.step_bucket(buckets, min(persons_per_image * key[0], buckets[-1]))
+            for frames in buffers:
+                for bucket in (b for b in buckets if top is not None and b <= top):
+                    if not self.graphs or self._pose_step(frames, bucket, network) is None:
+                        return made
+                    made += 1
+        return made
 
     def _pose_graphed_on_boxes(
         self, images: list[Any], boxes: Sequence[Any], scores: Sequence[Any]

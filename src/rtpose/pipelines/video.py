@@ -92,6 +92,10 @@ class TopDownFrameModel:
             images, select=lambda i, boxes, scores: candidates[i](boxes, scores)
         )
 
+    def prepare(self, height: int, width: int, batch_sizes: Sequence[int]) -> int:
+        """Make the CUDA-graph steps for frames of this size now (`TopDown.prepare_graphs`)."""
+        return int(self.topdown.prepare_graphs(height, width, batch_sizes))
+
     def pose(
         self, images: list[np.ndarray], boxes: list[np.ndarray], scores: list[np.ndarray]
     ) -> list[list[Person]]:
@@ -267,6 +271,9 @@ class Pipeline(StreamRunner):
     model: any `FramePoseModel` (tests, custom engines); when None, a `TopDown(pose, det, backend=...,
     device=..., precision=..., pose_weights=..., det_weights=...)` is built. temporal: all temporal
     settings at once (else built from det_interval / track / smooth / one_euro / tracker).
+    prepare_graphs: on the first frame of each size, make the model's CUDA-graph steps for it at once
+    (one frame and all streams per step, every pose bucket) instead of on their first uses in the first
+    seconds (off by default: not yet measured on a GPU).
     """
 
     def __init__(
@@ -297,6 +304,7 @@ class Pipeline(StreamRunner):
         reconnect: ReconnectPolicy | None = None,
         loop: bool = False,
         sources: Iterable[str | os.PathLike[str]] = (),
+        prepare_graphs: bool = False,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -321,6 +329,8 @@ class Pipeline(StreamRunner):
         self._videos = StreamVideoWriters(out_dir) if out_dir is not None else None
         self._jsonl = JsonlWriter(jsonl) if jsonl is not None else None
         self._closed = False
+        self.prepare_graphs = bool(prepare_graphs)
+        self._prepared: set[tuple[int, ...]] = set()
         for source in sources:
             self.add_source(source)
 
@@ -393,6 +403,8 @@ class Pipeline(StreamRunner):
             self._end_stream(end)
 
     def _infer(self, frames: list[Frame]) -> list[FrameResult]:
+        if self.prepare_graphs:
+            self._prepare(frames)
         plans = []
         for frame in frames:
             state = self._states.get(frame.stream)
@@ -428,6 +440,20 @@ class Pipeline(StreamRunner):
                 boxes[i] = states[i].pose_candidates()(*found)
         chosen = [b for b in boxes if b is not None]
         return self.model.pose(images, [b[0] for b in chosen], [b[1] for b in chosen])
+
+    def _prepare(self, frames: list[Frame]) -> None:
+        """The model's CUDA-graph steps for a frame size seen for the first time, made before its first
+        step (`TopDownFrameModel.prepare`) for one frame and for the batch of all streams."""
+        prepare = getattr(self.model, "prepare", None)
+        for shape in {frame.image.shape[:2] for frame in frames} - self._prepared:
+            self._prepared.add(shape)
+            if prepare is None:
+                continue
+            began = time.monotonic()
+            sizes = sorted({1, min(self.batch_size, max(1, len(self.rates)))})
+            made = prepare(int(shape[0]), int(shape[1]), sizes)
+            logger.info("prepared %d CUDA-graph steps for %dx%d frames in %.1f s", made, shape[1], shape[0],
+                        time.monotonic() - began)  # fmt: skip
 
     def _failed(self, frame: Frame, exc: Exception) -> FrameResult:
         message = str(exc) if isinstance(exc, RtposeError) else f"internal error: {type(exc).__name__}: {exc}"
