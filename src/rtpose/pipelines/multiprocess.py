@@ -286,6 +286,10 @@ class ProcessPipeline(StreamRunner):
         readers: dict[int, Any] = {}
         to_server: list[Any] = [None] * used  # each worker's end of its pipe to the model server
 
+        def launch(process: Any) -> None:  # CUDA processes connect to the MPS daemon where there is one
+            with self._mps.client_environment() if self._mps else contextlib.nullcontext():
+                process.start()
+
         def start(index: int) -> None:
             reader, sender = context.Pipe(duplex=False)
             args = (index, assigned[index], self.options, self.threads, sender, self._commands[index],
@@ -293,8 +297,7 @@ class ProcessPipeline(StreamRunner):
             process = context.Process(
                 target=_worker_main, args=args, name=f"rtpose-worker-{index}", daemon=True
             )
-            with self._mps.client_environment() if self._mps else contextlib.nullcontext():
-                process.start()
+            launch(process)
             sender.close()  # the child has its copy: when it exits, this end reads EOF
             if to_server[index] is not None:
                 to_server[index].close()
@@ -310,8 +313,7 @@ class ProcessPipeline(StreamRunner):
             args = (self._server_build, [server_end for server_end, _ in pipes], sender, self.threads,
                     self.server_wait)  # fmt: skip
             process = context.Process(target=server_main, args=args, name="rtpose-model-server", daemon=True)
-            with self._mps.client_environment() if self._mps else contextlib.nullcontext():
-                process.start()
+            launch(process)
             sender.close()
             for server_end, _ in pipes:
                 server_end.close()

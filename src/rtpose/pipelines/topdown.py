@@ -345,6 +345,17 @@ class TopDown:
             ))  # fmt: skip
         return frames.pose_steps[bucket]
 
+    def _boxes_frames(self, key: tuple[int, int, int], now: bool = False) -> Any:
+        """The frame buffer of (images, height, width) `key` for pose steps on given boxes (None while
+        the shape is too new, see `graphed.StepCache`; now: made at once)."""
+        from rtpose.pipelines import graphed
+
+        if self._frames is None:
+            self._frames = graphed.StepCache()
+        return self._frames.get(
+            key, lambda: graphed.FrameBuffer(*key, device=torch_device(self.device)), now=now
+        )
+
     def prepare_graphs(
         self, height: int, width: int, batch_sizes: Sequence[int] = (1,), persons_per_image: int = 16
     ) -> int:
@@ -367,14 +378,11 @@ class TopDown:
             if detect is not None:
                 buffers.append(detect.frames)
                 made += 1
-            if self._frames is None:
-                self._frames = graphed.StepCache()
-            buffers.append(self._frames.get(
-                key, lambda key=key: graphed.FrameBuffer(*key, device=torch_device(self.device)), now=True
-            ))  # fmt: skip
-            top = graphed.step_bucket(buckets, min(persons_per_image * key[0], buckets[-1]))
+            buffers.append(self._boxes_frames(key, now=True))
+            most = min(persons_per_image * key[0], buckets[-1])
+            wanted = buckets[: next(i for i, b in enumerate(buckets) if b >= most) + 1]  # up to its bucket
             for frames in buffers:
-                for bucket in (b for b in buckets if top is not None and b <= top):
+                for bucket in wanted:
                     if not self.graphs or self._pose_step(frames, bucket, network) is None:
                         return made
                     made += 1
@@ -392,9 +400,7 @@ class TopDown:
         box_sets = [_host_box_set(b, s) for b, s in zip(boxes, scores, strict=True)]
         if sum(len(b) for b, _ in box_sets) == 0:
             return [[] for _ in images]
-        if self._frames is None:
-            self._frames = graphed.StepCache()
-        frames = self._frames.get(key, lambda: graphed.FrameBuffer(*key, device=torch_device(self.device)))
+        frames = self._boxes_frames(key)
         if frames is None:  # a shape seen for the first time runs op by op
             return None
         with self._timer.stage("pre"):
