@@ -20,7 +20,7 @@ import av
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from rtpose.pipelines.video import build_frame_model
+from rtpose.pipelines.video import build_frame_model, run_step
 from rtpose.tracking.temporal import StreamTemporalState, TemporalConfig
 
 
@@ -44,15 +44,7 @@ def main() -> None:
     def step(states: list[StreamTemporalState], index: int) -> int:
         images = [frames[(index + 13 * i) % len(frames)] for i in range(len(states))]
         plans = [state.plan(image.shape[:2]) for state, image in zip(states, images, strict=True)]
-        if all(plan is None for plan in plans):
-            people = model.detect_and_pose(images, [state.pose_candidates() for state in states])
-        else:
-            boxes = list(plans)
-            todo = [i for i, plan in enumerate(plans) if plan is None]
-            if todo:
-                for i, found in zip(todo, model.detect([images[i] for i in todo]), strict=True):
-                    boxes[i] = states[i].pose_candidates()(*found)
-            people = model.pose(images, [b[0] for b in boxes], [b[1] for b in boxes])
+        people = run_step(model, images, plans, states)
         for i, state in enumerate(states):
             state.finish(people[i], index / 25.0, detected=plans[i] is None)
         return sum(len(p) for p in people)

@@ -174,6 +174,25 @@ def detect_and_pose(
     return model.pose(images, [c[0] for c in chosen], [c[1] for c in chosen])
 
 
+def run_step(
+    model: FramePoseModel,
+    images: list[np.ndarray],
+    plans: Sequence[BoxesAndScores | None],
+    states: Sequence[StreamTemporalState],
+) -> list[list[Person]]:
+    """The model calls of one step: image i has the boxes `plans[i]` from its stream's tracking, or None
+    where the detector runs; the detections to pose are chosen by `states[i].pose_candidates()`."""
+    if all(plan is None for plan in plans):
+        return detect_and_pose(model, images, [state.pose_candidates() for state in states])
+    to_detect = [i for i, plan in enumerate(plans) if plan is None]
+    boxes: list[BoxesAndScores | None] = list(plans)
+    if to_detect:
+        for i, found in zip(to_detect, model.detect([images[i] for i in to_detect]), strict=True):
+            boxes[i] = states[i].pose_candidates()(*found)
+    chosen = [b for b in boxes if b is not None]
+    return model.pose(images, [b[0] for b in chosen], [b[1] for b in chosen])
+
+
 class ModelGone(RtposeError):
     """The model can serve no more frames (its server process ended): the pipeline stops instead of
     failing every following frame one by one."""
@@ -429,17 +448,9 @@ class Pipeline(StreamRunner):
         return results
 
     def _run_model(self, frames: list[Frame], plans: list[BoxesAndScores | None]) -> list[list[Person]]:
-        images = [f.image for f in frames]
-        states = [self._states[f.stream] for f in frames]
-        if all(plan is None for plan in plans):
-            return detect_and_pose(self.model, images, [state.pose_candidates() for state in states])
-        to_detect = [i for i, plan in enumerate(plans) if plan is None]
-        boxes: list[BoxesAndScores | None] = list(plans)
-        if to_detect:
-            for i, found in zip(to_detect, self.model.detect([images[i] for i in to_detect]), strict=True):
-                boxes[i] = states[i].pose_candidates()(*found)
-        chosen = [b for b in boxes if b is not None]
-        return self.model.pose(images, [b[0] for b in chosen], [b[1] for b in chosen])
+        return run_step(
+            self.model, [f.image for f in frames], plans, [self._states[f.stream] for f in frames]
+        )
 
     def _prepare(self, frames: list[Frame]) -> None:
         """The model's CUDA-graph steps for a frame size seen for the first time, made before its first
