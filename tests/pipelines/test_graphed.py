@@ -223,22 +223,31 @@ def test_frame_buffer_reads_pinned_host_images_where_they_lie() -> None:
     assert torch.equal(mixed.images[1].cpu(), pinned[1])
 
 
-def test_a_failing_one_kernel_crop_falls_back_to_the_torch_crop(
-    engines: dict, frames: list[np.ndarray], monkeypatch
+@pytest.mark.parametrize(
+    ("module", "function", "message"),
+    [("rtpose.preprocess.crop_triton", "crop_normalize_triton", "one-kernel crop failed"),
+     ("rtpose.postprocess.nms_triton", "greedy_nms_triton", "one-kernel NMS failed")],
+)  # fmt: skip
+def test_a_failing_one_kernel_step_falls_back_to_torch(
+    engines: dict, frames: list[np.ndarray], monkeypatch, module: str, function: str, message: str
 ) -> None:
-    """Where the Triton crop is available but cannot run (no compiler, say), the pose steps warn once
-    and crop with torch: same results, the graphs stay on."""
-    from rtpose.preprocess import crop_triton
+    """Where a Triton kernel of the steps (crops, NMS) is available but cannot run (no compiler, say),
+    the steps warn once and use the torch version: same results, the graphs stay on."""
+    import importlib
+
+    from rtpose import triton_exact
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("no C compiler for the Triton launcher")
 
-    monkeypatch.setattr(crop_triton, "available", lambda device: True)
-    monkeypatch.setattr(crop_triton, "crop_normalize_triton", broken)
+    kernels = importlib.import_module(module)
+    monkeypatch.setattr(triton_exact, "wanted", lambda device: True)
+    monkeypatch.setattr(kernels, "available", lambda device: True)
+    monkeypatch.setattr(kernels, function, broken)
     eager, steps = _pipeline(engines, graphs=False), _pipeline(engines, graphs=True)
     expected = _json(eager.predict_batch(frames))
     steps.predict_batch(frames)  # a new shape: op by op
-    with pytest.warns(RuntimeWarning, match="one-kernel crop failed"):
+    with pytest.warns(RuntimeWarning, match=message):
         assert _json(steps.predict_batch(frames)) == expected  # through the steps
     assert steps.graphs and _graph_steps(steps)[0] == 1
     assert _json(steps.predict_batch(frames)) == expected

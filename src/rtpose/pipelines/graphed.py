@@ -7,8 +7,9 @@ replayed (the functions inside are the very ones of the eager torch path, so res
 
 * `DetectStep` (per image count and size): letterbox + normalise into the detector's input, the detector
   network (`CompiledEngine.run_for_capture`), box selection with a fixed candidate width and a fixed
-  number of NMS rounds (`select_detections_fixed`), boxes back to image pixels, compacted into person
-  slots (image-major, best first). One small copy brings back the counts per image.
+  number of NMS rounds (`select_detections_fixed`; greedy NMS in one Triton kernel where Triton is
+  installed, `postprocess.nms_triton`), boxes back to image pixels, compacted into person slots
+  (image-major, best first). One small copy brings back the counts per image.
 * `PoseStep` (per image count and size and pose-engine bucket): crops of up to `bucket` persons (one
   Triton kernel where Triton is installed, `preprocess.crop_triton`; RTPOSE_TRITON=0 turns it off), the
   pose network, keypoint decoding, inverse affine, one row per person (box, score, keypoints). More
@@ -23,7 +24,6 @@ CUDA (the unit tests) the steps run as plain functions.
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -33,11 +33,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from rtpose import triton_exact
 from rtpose.engines.base import Engine
 from rtpose.errors import RtposeError
 from rtpose.models.spec import ModelSpec
 from rtpose.pipelines.detector import unletterbox_torch
-from rtpose.postprocess.detection import select_detections_fixed
+from rtpose.postprocess.detection import FixedSelection, select_detections_fixed
 from rtpose.postprocess.pose_codecs import decode_pose
 from rtpose.preprocess import crop_triton
 from rtpose.preprocess.affine import boxes_to_affine_matrices, invert_affine_matrices, transform_points
@@ -241,15 +242,24 @@ class DetectStep:
         self._slot_scores = torch.zeros(slots + 1, dtype=torch.float32, device=device)
         self._slot_image = torch.zeros(slots + 1, dtype=torch.int64, device=device)
         self._info = torch.zeros(batch + 1, dtype=torch.int64, device=device)  # counts, then exact
+        self.one_kernel = triton_exact.wanted(device)
+
+        def select(scores: torch.Tensor, boxes: torch.Tensor) -> FixedSelection:
+            options = (score_thr, iou_thr, pre_top_k, max_det, candidates, rounds)
+            if self.one_kernel:  # the same boxes as below, in one kernel instead of ~80
+                try:
+                    return select_detections_fixed(scores, boxes, *options, one_kernel=True)
+                except Exception as exc:  # e.g. Triton cannot compile here: the torch version is the same
+                    warnings.warn(f"the one-kernel NMS failed ({exc}); selecting boxes with torch",
+                                  RuntimeWarning, stacklevel=2)  # fmt: skip
+                    self.one_kernel = False
+            return select_detections_fixed(scores, boxes, *options)
 
         def body() -> None:
             letterbox_normalize_torch(frames.images, spec.input_size, pad_value, mean, std,
                                       spec.channel_order, out=network_input[:batch])  # fmt: skip
             outputs = network(network_input)
-            found = select_detections_fixed(
-                outputs["scores"][:batch], outputs["boxes"][:batch], score_thr, iou_thr, pre_top_k, max_det,
-                candidates, rounds,
-            )  # fmt: skip
+            found = select(outputs["scores"][:batch], outputs["boxes"][:batch])
             boxes = unletterbox_torch(found.boxes, scale, (height, width))  # as the op-by-op detector
             keep = found.keep.reshape(-1)
             target = torch.where(keep, torch.cumsum(keep, 0) - 1, slots)  # dropped candidates: spill row
@@ -297,7 +307,7 @@ class PoseStep:
         self.image_index = torch.zeros(bucket, dtype=torch.int64, device=device)
         network_input = torch.zeros((bucket, 3, *input_size), dtype=torch.float32, device=device)
         self._rows: torch.Tensor | None = None  # made by the first (warm-up) run: its width is 5 + 3K
-        self.one_kernel = crop_triton.available(device) and os.environ.get("RTPOSE_TRITON", "1") != "0"
+        self.one_kernel = triton_exact.wanted(device)
 
         def crop(matrices: torch.Tensor, inverse: torch.Tensor) -> None:
             if self.one_kernel:  # the same values as below, in one kernel instead of ~40

@@ -6,49 +6,29 @@ H100 those kernels took ~1.2 ms of the 5.9 ms of GPU time of an 8-frame video st
 docs/benchmarks.md); one kernel reads each source pixel once and writes each output value once.
 
 Results are bit-identical to `crop_normalize_torch`: every float operation is the same one in the same
-order with round-to-nearest (the libdevice `*_rn` functions on the GPU, so the compiler cannot contract
-a multiply and an add into an FMA that the torch kernels do not use); rounding to grey levels is
-round-half-to-even as `torch.round`. Under `TRITON_INTERPRET=1` (NumPy on the CPU, for tests) the plain
-operators are already correctly rounded and are used instead.
+order, rounded as torch rounds it (`rtpose.triton_exact`); rounding to grey levels is round-half-to-even
+as `torch.round`.
 """
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from rtpose.errors import RtposeError
+from rtpose.triton_exact import ROUND_EACH_OP, available, triton
 
-try:
-    import triton
-    import triton.language as tl
-    from triton.language.extra import libdevice
-except ImportError:  # CPU-only installs: the torch version serves
-    triton = None
+__all__ = ["available", "crop_normalize_triton"]
 
-_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 _BLOCK = 256
 
-
-def available(device: torch.device) -> bool:
-    """Whether the kernel can run on `device` (Triton installed; a CUDA device, or the interpreter)."""
-    return triton is not None and (device.type == "cuda" or _INTERPRETED)
-
-
 if triton is not None:
+    import triton.language as tl
+    from triton.language.extra import libdevice
 
-    @triton.jit
-    def _mul(a, b, RN: tl.constexpr):
-        return libdevice.mul_rn(a, b) if RN else a * b
-
-    @triton.jit
-    def _add(a, b, RN: tl.constexpr):
-        return libdevice.add_rn(a, b) if RN else a + b
-
-    @triton.jit
-    def _sub(a, b, RN: tl.constexpr):
-        return libdevice.sub_rn(a, b) if RN else a - b
+    from rtpose.triton_exact import add as _add
+    from rtpose.triton_exact import div as _div
+    from rtpose.triton_exact import mul as _mul
+    from rtpose.triton_exact import sub as _sub
 
     @triton.jit
     def _round_half_even(x, RN: tl.constexpr):
@@ -113,7 +93,7 @@ if triton is not None:
             value = tl.minimum(tl.maximum(_round_half_even(acc, RN), 0.0), 255.0)
             mean, std = tl.load(mean_ptr + channel), tl.load(std_ptr + channel)
             normalised = _sub(value, mean, RN)
-            normalised = tl.math.div_rn(normalised, std) if RN else normalised / std
+            normalised = _div(normalised, std, RN)
             tl.store(target + channel * plane, normalised, mask=inside)
 
 
@@ -152,6 +132,6 @@ def crop_normalize_triton(
     _crop_normalize_kernel[grid](
         frames, image_index.to(torch.int64), inverse32, mean.to(torch.float32), std.to(torch.float32), out,
         int(frames.shape[1]), int(frames.shape[2]), out_h, out_w,
-        RGB=channel_order == "RGB", RN=not _INTERPRETED, BLOCK=_BLOCK,
+        RGB=channel_order == "RGB", RN=ROUND_EACH_OP, BLOCK=_BLOCK,
     )  # fmt: skip
     return out
