@@ -253,6 +253,23 @@ def test_model_server_on_the_gpu_gives_the_one_process_results(street: list, rtp
 
 
 @pytest.mark.gpu
+def test_look_ahead_on_the_gpu_gives_the_results_without_it(street: list, rtpose_env: dict) -> None:
+    """The detector of the next frame started before this frame's tracking (CUDA-graph steps): the same
+    records, bit for bit, as one step after the other."""
+
+    def run(ahead: bool) -> tuple[dict, int]:
+        with Pipeline(**{**GPU_OPTIONS, "det_interval": 1}, look_ahead=ahead) as pipe:
+            pipe.add_source(street, name="a", fps=25)
+            pipe.add_source(street[::-1], name="b", fps=25)
+            return _records(pipe), pipe.steps_ahead
+
+    plain, none_ahead = run(False)
+    ahead, steps_ahead = run(True)
+    assert none_ahead == 0 and steps_ahead >= 5  # the first steps make their graphs: not started ahead
+    assert ahead == plain
+
+
+@pytest.mark.gpu
 def test_workers_under_mps_give_the_one_process_results(street: list, rtpose_env: dict) -> None:
     """Three workers with compiled FP16 engines under the private MPS daemon, which is gone afterwards."""
     import shutil

@@ -282,3 +282,66 @@ def test_prepare_graphs_asks_the_model_once_per_frame_size_before_its_first_step
         pipe.add_source(small, name="a", fps=25)
         list(pipe)
     assert plain.prepared == []
+
+
+class _LaunchingModel(BlobModel):
+    """A model that can start its detector ahead (as `TopDownFrameModel` on CUDA graphs)."""
+
+    class Handle:
+        def __init__(self, model: _LaunchingModel, images: list[np.ndarray]) -> None:
+            self.model, self.images, self.found = model, images, model.detect(images)
+
+        def wait(self) -> None:
+            self.model.dropped += 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.launched = self.used = self.dropped = 0
+
+    def launch_detect(self, images: list[np.ndarray]) -> Handle:
+        self.launched += 1
+        return self.Handle(self, images)
+
+    def detect_and_pose(
+        self, images: list[np.ndarray], candidates: list, launched: Handle | None = None
+    ) -> list:
+        if launched is not None:
+            assert all(a is b for a, b in zip(launched.images, images, strict=True))
+            self.used += 1
+            found = launched.found
+        else:
+            found = self.detect(images)
+        chosen = [rule(*f) for rule, f in zip(candidates, found, strict=True)]
+        return self.pose(images, [c[0] for c in chosen], [c[1] for c in chosen])
+
+
+@pytest.mark.parametrize(("interval", "streams"), [(1, 1), (1, 2), (3, 2)])
+def test_look_ahead_starts_the_next_detector_early_with_the_same_results(interval: int, streams: int) -> None:
+    frames = [scene_frame(i) for i in range(24)]
+
+    def run(ahead: bool) -> tuple[list, _LaunchingModel, int]:
+        model = _LaunchingModel()
+        with Pipeline(model=model, det_interval=interval, look_ahead=ahead, batch_size=streams) as pipe:
+            for s in range(streams):
+                pipe.add_source(frames, name=f"s{s}", fps=25)
+            results = [r.to_json() for r in pipe]
+        return results, model, pipe.steps_ahead
+
+    plain, plain_model, _ = run(False)
+    ahead, model, steps_ahead = run(True)
+    assert ahead == plain and len(plain) == 24 * streams
+    assert plain_model.launched == 0
+    # started ahead only where every frame of the next step runs the detector; each one used, none dropped
+    assert 0 < steps_ahead == model.used == model.launched and model.dropped == 0
+    assert steps_ahead <= 24 // interval
+    assert sum(model.detect_calls) == sum(plain_model.detect_calls)
+
+
+def test_a_detector_started_for_frames_that_no_longer_need_it_is_waited_for_and_dropped() -> None:
+    model = _LaunchingModel()
+    with Pipeline(model=model, det_interval=1) as pipe:
+        pipe.add_source([scene_frame(i) for i in range(3)], name="a", fps=25)
+        pipe._launched = ([], model.launch_detect([]))  # as if started for another step's frames
+        results = list(pipe)
+    assert len(results) == 3 and all(r.error is None for r in results)
+    assert model.dropped == 1

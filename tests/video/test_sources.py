@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -199,3 +200,26 @@ def test_network_hiccup_is_recovered_without_losing_or_repeating_frames(scene_di
     times = [f.time for f in frames[name]]
     assert len(times) == 200 and len(set(times)) == 200 and times == sorted(times)
     assert ended[0].reason == "finished" and server.requests >= 2
+
+
+def test_next_batch_without_partial_batches_takes_nothing_until_every_stream_has_a_frame() -> None:
+    release = []
+
+    def slow() -> Iterator[np.ndarray]:
+        while not release:
+            time.sleep(0.01)
+        yield scene_frame(0)
+
+    hub = StreamHub()
+    try:
+        hub.add([scene_frame(i) for i in range(2)], name="quick", fps=25)
+        hub.add(slow(), name="slow", fps=25)
+        deadline = time.monotonic() + 5
+        while not hub.stats()["quick"].decoded and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert hub.next_batch(2, 0.05, partial=False) == Batch()  # only one of two streams ready
+        release.append(True)
+        batch = hub.next_batch(2, 2.0, partial=False)
+        assert batch is not None and sorted(f.stream for f in batch.frames) == ["quick", "slow"]
+    finally:
+        hub.close()

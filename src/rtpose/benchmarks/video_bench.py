@@ -324,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prepare-graphs", action="store_true",
                         help="make the CUDA-graph steps on each stream's first frame instead of on first "
                              "use (Pipeline(prepare_graphs=True))")  # fmt: skip
+    parser.add_argument("--look-ahead", nargs="+", default=["on"], choices=["on", "off"],
+                        help="start the next step's detector before this step's tracking where the model "
+                             "can (Pipeline(look_ahead=...)); each value a row")  # fmt: skip
     parser.add_argument("--server-wait", type=float, default=0.002,
                         help="seconds the model server waits for more workers' requests")  # fmt: skip
     parser.add_argument("--decode", default="auto", choices=["auto", "cpu", "nvdec"],
@@ -349,12 +352,14 @@ def main(argv: list[str] | None = None) -> int:
     if "throughput" not in args.skip:
         report["engine"] = {**engine, "pose": args.pose, "pose_weights": args.pose_weights}
         report["throughput"] = []
-        rows = itertools.product(args.det_interval, args.streams, args.workers, args.model_server, args.mps)
-        for interval, n, workers, server, mps in rows:
+        rows = itertools.product(args.det_interval, args.streams, args.workers, args.model_server, args.mps,
+                                 args.look_ahead)  # fmt: skip
+        for interval, n, workers, server, mps, ahead in rows:
             row = throughput(args.video, n, args.frames, args.pose, interval, args.batch, args.warmup,
                              workers, server == "on", args.server_wait, mps, pose_weights=args.pose_weights,
-                             decode=args.decode, prepare_graphs=args.prepare_graphs, **engine)  # fmt: skip
-            row["decode"], row["prepare_graphs"] = args.decode, args.prepare_graphs
+                             decode=args.decode, prepare_graphs=args.prepare_graphs, look_ahead=ahead == "on",
+                             **engine)  # fmt: skip
+            row["decode"], row["prepare_graphs"], row["look_ahead"] = args.decode, args.prepare_graphs, ahead
             if "baseline" in report:
                 row["x_baseline"] = round(row["fps_total"] / report["baseline"]["fps"], 2)
             report["throughput"].append(row)

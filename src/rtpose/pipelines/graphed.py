@@ -242,6 +242,9 @@ class DetectStep:
         self._slot_scores = torch.zeros(slots + 1, dtype=torch.float32, device=device)
         self._slot_image = torch.zeros(slots + 1, dtype=torch.int64, device=device)
         self._info = torch.zeros(batch + 1, dtype=torch.int64, device=device)  # counts, then exact
+        # where `launch` copies the counts to, without waiting (`collect` waits)
+        self._info_host = self._info.cpu().pin_memory() if device.type == "cuda" else None
+        self._copied = torch.cuda.Event() if device.type == "cuda" else None
         self.one_kernel = triton_exact.wanted(device)
 
         def select(scores: torch.Tensor, boxes: torch.Tensor) -> FixedSelection:
@@ -275,8 +278,24 @@ class DetectStep:
 
     def run(self) -> PersonSlots | None:
         """The stage on the images loaded into the frame buffer already."""
+        self.launch()
+        return self.collect()
+
+    def launch(self) -> None:
+        """Start the stage on the images loaded already; `collect` waits for it. The host may work on
+        meanwhile, but must not load other images into the frame buffer before `collect`."""
         self._replay()
-        info = self._info.tolist()  # the one host sync of the stage
+        if self._info_host is not None and self._copied is not None:
+            self._info_host.copy_(self._info, non_blocking=True)
+            self._copied.record()
+
+    def collect(self) -> PersonSlots | None:
+        """The persons found by the launched stage (None: the eager path must answer)."""
+        if self._info_host is not None and self._copied is not None:
+            self._copied.synchronize()  # the one host sync of the stage
+            info = self._info_host.tolist()
+        else:
+            info = self._info.tolist()
         if not info[-1]:
             return None
         return PersonSlots(self._slot_boxes, self._slot_scores, self._slot_image, info[:-1])

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,18 @@ ENCODED_TYPES = (bytes, bytearray, memoryview)
 
 #: `predict_batch(select=...)`: (image index, boxes (M, 4), scores (M,)) -> the boxes to pose, and scores
 SelectBoxes = Callable[[int, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class LaunchedDetect:
+    """A detector step started by `TopDown.launch_detect` on these (prepared) images."""
+
+    images: list[Any]
+    step: Any
+
+    def wait(self) -> None:
+        """Wait for the step without using its answer."""
+        self.step.collect()
 
 
 class TopDown:
@@ -279,18 +292,51 @@ class TopDown:
         self.last_timings = self._timer.snapshot()
         return people
 
-    def _predict_graphed(self, images: list[Any], select: SelectBoxes | None) -> list[list[Person]] | None:
-        """Detector and pose stages as graph replays (None: the eager path must answer this call)."""
-        import torch
-
-        assert self.detector is not None
-        detect = self.detector.graph_step(images)
+    def launch_detect(self, images: Sequence[Any]) -> LaunchedDetect | None:
+        """Start the detector on these images and return at once (graph steps only; None where they do
+        not run: then call `predict_batch` as usual). `predict_launched` finishes the call; the host may
+        do other work meanwhile but no other call of this pipeline."""
+        if self.detector is None or not self.graphs:
+            return None
+        if isinstance(images, np.ndarray | bytes) or is_torch(images):
+            raise RtposeError("launch_detect takes a list of images")
+        self._timer.start()
+        prepared = self._prepare_all(list(images), upload=False)
+        detect = self.detector.graph_step(prepared)
         if detect is None:
             return None
         with self._timer.stage("pre"):
-            detect.frames.load(images)
+            detect.frames.load(prepared)
+        detect.launch()
+        return LaunchedDetect(prepared, detect)
+
+    def predict_launched(
+        self, launched: LaunchedDetect, *, select: SelectBoxes | None = None
+    ) -> list[list[Person]]:
+        """`predict_batch(images, select=select)` for the images of a `launch_detect`."""
+        people = self._predict_graphed(launched.images, select, launched=launched.step)
+        if people is not None:
+            self.last_timings = self._timer.snapshot()
+            return people
+        return self._predict_prepared(launched.images, select)
+
+    def _predict_graphed(
+        self, images: list[Any], select: SelectBoxes | None, launched: Any = None
+    ) -> list[list[Person]] | None:
+        """Detector and pose stages as graph replays (None: the eager path must answer this call);
+        launched: the detector step started on these images already (`launch_detect`)."""
+        import torch
+
+        assert self.detector is not None
+        detect = launched or self.detector.graph_step(images)
+        if detect is None:
+            return None
+        if launched is None:
+            with self._timer.stage("pre"):
+                detect.frames.load(images)
+            detect.launch()
         with self._timer.stage("infer"):
-            slots = detect.run()
+            slots = detect.collect()
             if slots is None:
                 return None
             n = slots.total

@@ -83,14 +83,24 @@ class TopDownFrameModel:
         found = batched(images) if batched is not None else [self.topdown.detector.detect(i) for i in images]
         return [(to_numpy(b).astype(np.float32), to_numpy(s).astype(np.float32)) for b, s in found]
 
+    def launch_detect(self, images: list[np.ndarray]) -> Any:
+        """Start the detector on frames that all need it and return at once (None where it cannot run
+        ahead: CPU engines, shapes without graph steps yet); `detect_and_pose(..., launched=)` ends it."""
+        return self.topdown.launch_detect(images)
+
     def detect_and_pose(
-        self, images: list[np.ndarray], candidates: Sequence[SelectRule]
+        self, images: list[np.ndarray], candidates: Sequence[SelectRule], launched: Any = None
     ) -> list[list[Person]]:
         """Both stages on frames that all need the detector: `candidates[i](boxes, scores)` chooses the
-        detections of image i to pose, and the frames are uploaded once for both models."""
-        return self.topdown.predict_batch(
-            images, select=lambda i, boxes, scores: candidates[i](boxes, scores)
-        )
+        detections of image i to pose, and the frames are uploaded once for both models. launched: what
+        `launch_detect` gave for these very images."""
+
+        def select(i: int, boxes: np.ndarray, scores: np.ndarray) -> BoxesAndScores:
+            return candidates[i](boxes, scores)
+
+        if launched is not None:
+            return self.topdown.predict_launched(launched, select=select)
+        return self.topdown.predict_batch(images, select=select)
 
     def prepare(self, height: int, width: int, batch_sizes: Sequence[int]) -> int:
         """Make the CUDA-graph steps for frames of this size now (`TopDown.prepare_graphs`)."""
@@ -162,14 +172,14 @@ def build_frame_model(
 
 
 def detect_and_pose(
-    model: FramePoseModel, images: list[np.ndarray], candidates: Sequence[SelectRule]
+    model: FramePoseModel, images: list[np.ndarray], candidates: Sequence[SelectRule], launched: Any = None
 ) -> list[list[Person]]:
     """Both stages on frames that all need the detector, `candidates[i]` choosing the detections of
-    image i to pose: the model's own `detect_and_pose` where it has one (frames uploaded once), else its
-    `detect`, the choice, then its `pose`."""
+    image i to pose: the model's own `detect_and_pose` where it has one (frames uploaded once; launched:
+    its `launch_detect` of these images), else its `detect`, the choice, then its `pose`."""
     both = getattr(model, "detect_and_pose", None)
     if both is not None:
-        return both(images, candidates)
+        return both(images, candidates, launched) if launched is not None else both(images, candidates)
     chosen = [rule(*found) for rule, found in zip(candidates, model.detect(images), strict=True)]
     return model.pose(images, [c[0] for c in chosen], [c[1] for c in chosen])
 
@@ -179,11 +189,14 @@ def run_step(
     images: list[np.ndarray],
     plans: Sequence[BoxesAndScores | None],
     states: Sequence[StreamTemporalState],
+    launched: Any = None,
 ) -> list[list[Person]]:
     """The model calls of one step: image i has the boxes `plans[i]` from its stream's tracking, or None
-    where the detector runs; the detections to pose are chosen by `states[i].pose_candidates()`."""
+    where the detector runs; the detections to pose are chosen by `states[i].pose_candidates()`.
+    launched: the model's `launch_detect` of these images (every plan is then None)."""
     if all(plan is None for plan in plans):
-        return detect_and_pose(model, images, [state.pose_candidates() for state in states])
+        candidates = [state.pose_candidates() for state in states]
+        return detect_and_pose(model, images, candidates, launched)
     to_detect = [i for i, plan in enumerate(plans) if plan is None]
     boxes: list[BoxesAndScores | None] = list(plans)
     if to_detect:
@@ -292,7 +305,11 @@ class Pipeline(StreamRunner):
     settings at once (else built from det_interval / track / smooth / one_euro / tracker).
     prepare_graphs: on the first frame of each size, make the model's CUDA-graph steps for it at once
     (one frame and all streams per step, every pose bucket) instead of on their first uses in the first
-    seconds (off by default: not yet measured on a GPU).
+    seconds (off by default: on the H100 it gave +2-6%, within the noise of the runs).
+    look_ahead: where the model can start its detector without waiting (`launch_detect`: CUDA-graph
+    steps), the next step's detector is started before this step's tracking and results, when every frame
+    of the next step runs the detector whatever the tracking gives; the host work then overlaps the GPU
+    work. Results are the same either way.
     """
 
     def __init__(
@@ -324,6 +341,7 @@ class Pipeline(StreamRunner):
         loop: bool = False,
         sources: Iterable[str | os.PathLike[str]] = (),
         prepare_graphs: bool = False,
+        look_ahead: bool = True,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -350,6 +368,11 @@ class Pipeline(StreamRunner):
         self._closed = False
         self.prepare_graphs = bool(prepare_graphs)
         self._prepared: set[tuple[int, ...]] = set()
+        self.look_ahead = bool(look_ahead)
+        self._ahead: Batch | None = None  # the next step's batch, taken from the hub early
+        self._launched: tuple[list[Frame], Any] | None = None  # its frames and their started detector
+        #: steps whose detector was started ahead (for tests and diagnostics)
+        self.steps_ahead = 0
         for source in sources:
             self.add_source(source)
 
@@ -385,7 +408,9 @@ class Pipeline(StreamRunner):
         that adds sources later, runs until `close()` (stop_when_idle=False)."""
         try:
             while not self._closed and not self._stop.is_set():
-                batch = self.hub.next_batch(self.batch_size, self.batch_timeout)
+                batch, self._ahead = self._ahead, None
+                if batch is None:
+                    batch = self.hub.next_batch(self.batch_size, self.batch_timeout)
                 if batch is None:
                     if stop_when_idle:
                         break
@@ -400,6 +425,7 @@ class Pipeline(StreamRunner):
         if self._closed:
             return
         self._closed = True
+        self._drop_launched()
         reported = {end.stream for end in self.ended}
         for name in self.hub.names():  # still open (stopped, or the caller left the loop): say so
             if name not in reported:
@@ -421,7 +447,7 @@ class Pipeline(StreamRunner):
         for end in batch.ended:
             self._end_stream(end)
 
-    def _infer(self, frames: list[Frame]) -> list[FrameResult]:
+    def _infer(self, frames: list[Frame], ahead: bool = True) -> list[FrameResult]:
         if self.prepare_graphs:
             self._prepare(frames)
         plans = []
@@ -438,7 +464,9 @@ class Pipeline(StreamRunner):
             if len(frames) == 1:
                 return [self._failed(frames[0], exc)]
             logger.debug("batch failed (%s); retrying frame by frame", exc)
-            return [r for frame in frames for r in self._infer([frame])]
+            return [r for frame in frames for r in self._infer([frame], ahead=False)]
+        if ahead:
+            self._look_ahead(frames)
         results = []
         now = time.monotonic()
         for frame, plan, found in zip(frames, plans, people, strict=True):
@@ -448,9 +476,48 @@ class Pipeline(StreamRunner):
         return results
 
     def _run_model(self, frames: list[Frame], plans: list[BoxesAndScores | None]) -> list[list[Person]]:
-        return run_step(
-            self.model, [f.image for f in frames], plans, [self._states[f.stream] for f in frames]
-        )
+        launched = None
+        if self._launched is not None and self._launched[0] is frames and all(p is None for p in plans):
+            launched, self._launched = self._launched[1], None
+        self._drop_launched()  # one started for other frames or plans (a frame of the step before failed)
+        if launched is not None:
+            self.steps_ahead += 1
+        states = [self._states[f.stream] for f in frames]
+        return run_step(self.model, [f.image for f in frames], plans, states, launched)
+
+    def _look_ahead(self, frames: list[Frame]) -> None:
+        """Take the next step's batch from the hub if it is complete already, and start its detector
+        when every frame of it will run the detector (by the interval alone, so whatever this step's
+        tracking gives: its pose candidates are still chosen after that tracking)."""
+        launch = getattr(self.model, "launch_detect", None)
+        if not self.look_ahead or launch is None or self._ahead is not None:
+            return
+        batch = self.hub.next_batch(self.batch_size, 0.0, partial=False)
+        if batch is None or not (batch.frames or batch.ended):
+            return
+        self._ahead = batch
+        now = {frame.stream for frame in frames}  # streams whose next frame comes after this step's
+        for frame in batch.frames:
+            state = self._states.get(frame.stream)
+            if state is not None and not state.detects_ahead(1 if frame.stream in now else 0):
+                return
+        if len({frame.image.shape for frame in batch.frames}) != 1:
+            return
+        try:
+            handle = launch([frame.image for frame in batch.frames])
+        except Exception as exc:  # the step itself will run (and report) it the usual way
+            logger.debug("could not start the next detector early (%s)", exc)
+            return
+        if handle is not None:
+            self._launched = (batch.frames, handle)
+
+    def _drop_launched(self) -> None:
+        """Wait for a detector started ahead whose answer is not wanted (its frame buffer is reused)."""
+        if self._launched is not None:
+            handle, self._launched = self._launched[1], None
+            wait = getattr(handle, "wait", None)
+            if wait is not None:
+                wait()
 
     def _prepare(self, frames: list[Frame]) -> None:
         """The model's CUDA-graph steps for a frame size seen for the first time, made before its first

@@ -213,9 +213,10 @@ class StreamHub:
                 stream.thread.join(max(0.0, deadline - time.monotonic()))
 
     # -- batches ----------------------------------------------------------------------------------
-    def next_batch(self, max_frames: int, timeout: float) -> Batch | None:
+    def next_batch(self, max_frames: int, timeout: float, partial: bool = True) -> Batch | None:
         """Up to `max_frames` frames (one per stream) and the streams that ended; None when no stream
-        is left at all. An empty batch means nothing arrived within `timeout` seconds."""
+        is left at all. An empty batch means nothing arrived within `timeout` seconds (partial=False:
+        nothing is taken unless a frame of every live stream, up to `max_frames`, or an end is there)."""
         if max_frames < 1:
             raise RtposeError(f"batch size must be at least 1, not {max_frames}")
         deadline = time.monotonic() + timeout
@@ -227,7 +228,8 @@ class StreamHub:
                 live = [s for s in self._streams.values() if not s.reported and (s.end is None or s.buffer)]
                 ready = [s for s in live if s.buffer]
                 now = time.monotonic()
-                if ended or (ready and (len(ready) >= min(max_frames, len(live)) or now >= deadline)):
+                full = len(ready) >= min(max_frames, len(live))
+                if ended or (ready and (full or (partial and now >= deadline))):
                     break
                 if not live:
                     return None

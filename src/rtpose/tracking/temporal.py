@@ -127,6 +127,11 @@ class StreamTemporalState:
             return None
         return boxes, scores
 
+    def detects_ahead(self, finished_before: int) -> bool:
+        """Whether this stream's frame that comes after `finished_before` more finished frames runs the
+        detector whatever those frames give (by the detector interval alone)."""
+        return (self.frames_seen + finished_before) % self.config.det_interval == 0
+
     def pose_candidates(self) -> PoseCandidates:
         """Which detections of this stream's next frame are worth a pose, as a value that can be applied
         later or in another process. With tracking, those the tracker can use (`ByteTracker.usable`): a
