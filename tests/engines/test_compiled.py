@@ -496,3 +496,23 @@ def test_compiled_engine_for_names_the_engine_by_the_weight_file(
     compiled.compiled_engine_for(loaded, device="cpu", precision="bf16", max_batch=16)
     assert seen["weights_id"] == "sha256:" + sha256_file(weights)
     assert seen["spec"] is TINY_SPEC and seen["precision"] == "bf16" and seen["max_batch"] == 16
+
+
+def test_cudnn_times_its_algorithms_for_large_batches_only() -> None:
+    """Measured on the H100: cuDNN's timed choice slows batch 1 and speeds batch 64 up, so compiled
+    engines set it per call by batch size, and leave the process-wide setting as it was."""
+    seen: list[tuple[int, bool]] = []
+
+    def runner(x: torch.Tensor) -> tuple[torch.Tensor]:
+        seen.append((int(x.shape[0]), torch.backends.cudnn.benchmark))
+        return (x,)
+
+    run = compiled._cudnn_choice_by_batch(runner)
+    before = torch.backends.cudnn.benchmark
+    for process_wide in (True, False):
+        torch.backends.cudnn.benchmark = process_wide
+        for batch in (1, 8, compiled.CUDNN_TIMED_FROM_BATCH, 64):
+            run(torch.zeros(batch, 1))
+        assert torch.backends.cudnn.benchmark is process_wide
+    torch.backends.cudnn.benchmark = before
+    assert seen == [(1, False), (8, False), (16, True), (64, True)] * 2

@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -473,6 +473,29 @@ def _without_cpu_isa_probe() -> Iterator[None]:
             codecache.get_device_information = original
 
 
+#: batches from which cuDNN times its convolution algorithms (`torch.backends.cudnn.benchmark`) for a
+#: compiled engine; below, its heuristics choose. Measured on the H100 (RTMPose-m FP16, docs/benchmarks.md):
+#: timing them made batch 1 slower (0.546-0.566 vs 0.509-0.512 ms), batch 8 equal, batch 64 13% faster.
+CUDNN_TIMED_FROM_BATCH = 16
+
+
+def _cudnn_choice_by_batch(runner: Any) -> Callable[[torch.Tensor], Any]:
+    """`runner` with cuDNN's algorithm search on for large batches and off for small ones, whatever the
+    process-wide setting. cuDNN keeps one algorithm per convolution shape (batch size included) for the
+    whole process, chosen at that shape's first run: an engine's graph warm-up of each bucket."""
+    cudnn = torch.backends.cudnn
+
+    def run(x: torch.Tensor) -> Any:
+        previous = cudnn.benchmark
+        cudnn.benchmark = x.shape[0] >= CUDNN_TIMED_FROM_BATCH
+        try:
+            return runner(x)
+        finally:
+            cudnn.benchmark = previous
+
+    return run
+
+
 def _load_runner(path: Path, single_threaded: bool) -> Any:
     loader = torch._inductor.aoti_load_package
     kwargs: dict[str, Any] = {}
@@ -524,7 +547,7 @@ class CompiledEngine(Engine):
         if self._device.type == "cuda":
             _initialise_cuda_libraries(self._device)
         try:
-            self._runner = _load_runner(self.path, single_threaded=self.use_cuda_graphs)
+            self._runner = self._load(single_threaded=self.use_cuda_graphs)
         except EngineError:
             raise
         except Exception as exc:
@@ -540,6 +563,10 @@ class CompiledEngine(Engine):
                         self._capture(batch)
             finally:
                 stages.close()
+
+    def _load(self, single_threaded: bool) -> Any:
+        runner = _load_runner(self.path, single_threaded=single_threaded)
+        return _cudnn_choice_by_batch(runner) if self._device.type == "cuda" else runner
 
     @staticmethod
     def _matching_device(fields: Mapping[str, Any]) -> torch.device:
@@ -583,7 +610,7 @@ class CompiledEngine(Engine):
             )
             self._graphs.clear()
             self.use_cuda_graphs = False
-            self._runner = _load_runner(self.path, single_threaded=False)
+            self._runner = self._load(single_threaded=False)
             return None
         self._graphs[batch] = _GraphBucket(batch, graph, static_input, static_outputs)
         return self._graphs[batch]
