@@ -345,3 +345,18 @@ def test_a_detector_started_for_frames_that_no_longer_need_it_is_waited_for_and_
         results = list(pipe)
     assert len(results) == 3 and all(r.error is None for r in results)
     assert model.dropped == 1
+
+
+def test_no_frame_is_taken_early_for_a_model_that_cannot_start_anything_ahead() -> None:
+    class Idle(_LaunchingModel):
+        launches_ahead = False
+
+    model = Idle()
+    with Pipeline(model=model, det_interval=1) as pipe:
+        pipe.add_source([scene_frame(i) for i in range(6)], name="a", fps=25)
+        calls = []
+        taking = pipe.hub.next_batch
+        pipe.hub.next_batch = lambda *a, **k: calls.append(k.get("partial", True)) or taking(*a, **k)
+        results = list(pipe)
+    assert len(results) == 6 and model.launched == 0 and pipe.steps_ahead == 0
+    assert False not in calls  # only the step's own, complete-or-timeout takes

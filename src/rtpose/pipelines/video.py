@@ -83,6 +83,12 @@ class TopDownFrameModel:
         found = batched(images) if batched is not None else [self.topdown.detector.detect(i) for i in images]
         return [(to_numpy(b).astype(np.float32), to_numpy(s).astype(np.float32)) for b, s in found]
 
+    @property
+    def launches_ahead(self) -> bool:
+        """Whether `launch_detect` can start anything (CUDA-graph steps); elsewhere the pipeline does not
+        take frames early for it."""
+        return bool(self.topdown.graphs)
+
     def launch_detect(self, images: list[np.ndarray]) -> Any:
         """Start the detector on frames that all need it and return at once (None where it cannot run
         ahead: CPU engines, shapes without graph steps yet); `detect_and_pose(..., launched=)` ends it."""
@@ -491,6 +497,8 @@ class Pipeline(StreamRunner):
         tracking gives: its pose candidates are still chosen after that tracking)."""
         launch = getattr(self.model, "launch_detect", None)
         if not self.look_ahead or launch is None or self._ahead is not None:
+            return
+        if not getattr(self.model, "launches_ahead", True):  # e.g. CPU engines: no frame is taken early
             return
         batch = self.hub.next_batch(self.batch_size, 0.0, partial=False)
         if batch is None or not (batch.frames or batch.ended):
