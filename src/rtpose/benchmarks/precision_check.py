@@ -5,8 +5,9 @@
 
 Reference: PyTorch eager FP32 (TF32 off: PyTorch's CUDA default lets convolutions use TF32, which would
 blur what "fp32" means here). Candidates on CUDA: eager FP16 and BF16 (the network cast), compiled FP32,
-FP16 and BF16 engines; on the CPU eager BF16 and ONNX Runtime INT8 (our export quantised by
-`engines.quantize`, calibrated on COCO train2017 images, evaluated on val2017); compiled fp16 is skipped,
+FP16 and BF16 engines; on the CPU eager BF16, ONNX Runtime INT8 (our export quantised by
+`engines.quantize`, calibrated on COCO train2017 images, evaluated on val2017) and our export on
+OpenVINO's CPU plugin in f32 and bf16 (`engines.openvino_cpu`); compiled fp16 is skipped,
 fp16 convolutions being unsupported or emulated there. Models with real weights only:
 
 - the detector (rtmdet-nano): boxes of every image matched greedily by IoU: how many images find the
@@ -186,6 +187,8 @@ def _candidates(device: str) -> dict[str, str | None]:
     return {
         "eager-bf16": None,
         "ort-int8": None,
+        "openvino-fp32": None,
+        "openvino-bf16": None,
         "compiled-fp16": "fp16 convolutions on the CPU are unsupported or emulated (slow) in PyTorch",
     }
 
@@ -199,6 +202,11 @@ def make_engine(label: str, model: Any, factory: Any, device: str, calibration: 
 
         int8 = quantize_onnx(factory.onnx_path(model), model.spec, calibration_images(calibration))
         return OrtEngine(int8, threads=factory.threads)
+    if label in ("openvino-fp32", "openvino-bf16"):
+        from rtpose.engines.openvino_cpu import OpenVinoCpuEngine
+
+        precision = label.split("-")[1]
+        return OpenVinoCpuEngine(factory.onnx_path(model), precision=precision, threads=factory.threads)
     if label in ("eager-fp16", "eager-bf16"):
         dtype = torch.float16 if label == "eager-fp16" else torch.bfloat16
         return CastEngine(model.module, dtype, device, output_names_for(model.spec))
@@ -398,7 +406,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument(
         "--candidates", nargs="+", default=None, metavar="LABEL",
-        help="only these candidates (eager-fp16, eager-bf16, ort-int8, compiled-fp32/fp16/bf16)",
+        help="only these candidates (eager-fp16, eager-bf16, ort-int8, openvino-fp32, openvino-bf16, "
+             "compiled-fp32, compiled-fp16, compiled-bf16)",
     )  # fmt: skip
     parser.add_argument("--data-dir", type=Path, default=None, help="default $RTPOSE_DATA")
     parser.add_argument("--cache-dir", type=Path, default=None, help="compiled engine cache")

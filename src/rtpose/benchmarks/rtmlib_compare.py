@@ -9,8 +9,11 @@ rtmlib crops, normalises, runs and decodes one person at a time; we crop all per
 batch in one ONNX Runtime call and decode them together. A third row runs our code one person per call,
 which separates the gain of batching from the rest. A fourth row runs our INT8 engine: the same ONNX
 file quantised by `rtpose.engines.quantize` (calibrated on the sample COCO images; INT8 changes the
-numbers, its accuracy is measured by `precision_check`, not here). Calls are interleaved (ours, rtmlib,
-ours one by one, ...) so that load from other processes hits every contender alike.
+numbers, its accuracy is measured by `precision_check`, not here). Where OpenVINO is installed, two
+more rows run that file on OpenVINO's CPU plugin (`engines.openvino_cpu`) in f32 and with its bf16
+inference-precision hint (bf16 kernels on processors with BF16 units; accuracy again in
+`precision_check`). Calls are interleaved (ours, rtmlib, ours one by one, ...) so that load from other
+processes hits every contender alike.
 
 Same keypoints: rtmlib normalises the crop in the channel order it is given, with RGB mean/std, and
 its callers pass OpenCV's BGR images; MMPose-trained RTMPose expects RGB. We hand rtmlib the RGB image
@@ -22,7 +25,9 @@ compared). rtmlib is an optional, benchmark-only dependency: `pip install rtpose
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -33,9 +38,13 @@ from typing import Any
 
 import numpy as np
 
-from rtpose.errors import RtposeError
+from rtpose.errors import EngineError, RtposeError
 
 TARGET_RATIO = 1.5
+INT8_ROW = "rtpose INT8 (that file quantised; all persons in one call)"
+OPENVINO_ROW = "rtpose on OpenVINO {} (that file; all persons in one call)"
+
+logger = logging.getLogger("rtpose.bench")
 
 
 def _load_image_and_boxes(args: argparse.Namespace, factory: Any) -> tuple[np.ndarray, np.ndarray, str]:
@@ -104,6 +113,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from rtpose.benchmarks.bench_models import EngineFactory, load_bench_model
+    from rtpose.engines.openvino_cpu import OpenVinoCpuEngine
     from rtpose.engines.ort import OrtEngine
     from rtpose.engines.quantize import calibration_images, quantize_onnx
     from rtpose.pipelines.topdown import TopDown
@@ -119,6 +129,14 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         ours_int8 = TopDown.from_engines(
             OrtEngine(int8_file, threads=args.threads), pose.spec, None, processing="numpy"
         )
+        openvino = {}
+        for precision in ("fp32", "bf16"):  # a second CPU runtime on the same file, where installed
+            try:
+                engine = OpenVinoCpuEngine(onnx_path, precision=precision, threads=args.threads)
+            except EngineError as exc:
+                logger.warning("no OpenVINO rows: %s", exc)
+                break
+            openvino[precision] = TopDown.from_engines(engine, pose.spec, None, processing="numpy")
         theirs = _rtmlib_pose(onnx_path, pose.spec)
         rgb = np.ascontiguousarray(image[..., ::-1])  # see the module docstring
         box_list = [list(map(float, b)) for b in boxes]
@@ -133,11 +151,12 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
             "rtpose (all persons in one ORT call)": lambda: ours.predict_on_boxes(image, boxes),
             "rtmlib (one ORT call per person)": lambda: theirs(rgb, box_list),
             "rtpose (one person per call)": lambda: [ours.predict_on_boxes(image, b[None]) for b in boxes],
-            "rtpose INT8 (that file quantised; all persons in one call)": lambda: ours_int8.predict_on_boxes(
-                image, boxes
-            ),
+            INT8_ROW: lambda: ours_int8.predict_on_boxes(image, boxes),
         }
+        for precision, pipeline in openvino.items():
+            calls[OPENVINO_ROW.format(precision)] = functools.partial(pipeline.predict_on_boxes, image, boxes)
         times = _interleaved(calls, args.runs, args.warmup)
+        bf16_used = "bf16" in openvino and openvino["bf16"].pose_engine.runs_bf16
 
     persons = len(boxes)
     rows = []
@@ -149,7 +168,14 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
             "image_p99_ms": round(float(np.percentile(values, 99)), 3),
             "ms_per_person": round(p50 / persons, 3),
         })  # fmt: skip
-    ours_pp, rtmlib_pp, int8_pp = rows[0]["ms_per_person"], rows[1]["ms_per_person"], rows[3]["ms_per_person"]
+    per_person = {row["contender"]: row["ms_per_person"] for row in rows}
+    ours_pp, rtmlib_pp, int8_pp = rows[0]["ms_per_person"], rows[1]["ms_per_person"], per_person[INT8_ROW]
+    others = {
+        f"ratio_rtmlib_over_ours_openvino_{precision}_per_person": round(
+            rtmlib_pp / per_person[OPENVINO_ROW.format(precision)], 3
+        )
+        for precision in openvino
+    }
     return {
         "image": label,
         "persons": persons,
@@ -166,6 +192,8 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         "target_ratio": TARGET_RATIO,
         "target_met": rtmlib_pp / ours_pp >= TARGET_RATIO,
         "ratio_rtmlib_over_ours_int8_per_person": round(rtmlib_pp / int8_pp, 3),
+        **others,
+        "openvino_bf16_really_bf16": bf16_used,
     }
 
 
@@ -196,7 +224,12 @@ def table(result: dict[str, Any]) -> str:
         "",
         f"per-person cost, rtmlib / rtpose: {result['ratio_rtmlib_over_ours_per_person']:.2f}x "
         f"(target >= {result['target_ratio']}x: {'met' if result['target_met'] else 'NOT met'}); with our "
-        f"INT8 engine: {result['ratio_rtmlib_over_ours_int8_per_person']:.2f}x",
+        f"INT8 engine: {result['ratio_rtmlib_over_ours_int8_per_person']:.2f}x"
+        + "".join(
+            f"; OpenVINO {p}: {result[f'ratio_rtmlib_over_ours_openvino_{p}_per_person']:.2f}x"
+            for p in ("fp32", "bf16")
+            if f"ratio_rtmlib_over_ours_openvino_{p}_per_person" in result
+        ),
         f"keypoints (rtmlib score > 0: {agree['compared']} of {agree.get('of', 0)}): max difference "
         f"{agree['max_px']} px, mean {agree['mean_px']} px, within 1 px {agree['within_1px']}",
     ]
