@@ -49,6 +49,7 @@ class OpenVinoCpuEngine(Engine):
             raise EngineError(f"ONNX file {self.path} not found")
         self.precision, self.threads = precision, threads
         self.core = ov.Core()
+        self._bf16 = ov.Type.bf16
         try:
             self._model = self.core.read_model(str(self.path))
         except RuntimeError as exc:
@@ -64,7 +65,7 @@ class OpenVinoCpuEngine(Engine):
     def runs_bf16(self) -> bool:
         """Whether the compiled model really infers in bf16 (False before a first call)."""
         compiled = next(iter(self._compiled.values()), None)
-        return compiled is not None and str(compiled.get_property("INFERENCE_PRECISION_HINT")) == "bf16"
+        return compiled is not None and compiled.get_property("INFERENCE_PRECISION_HINT") == self._bf16
 
     def _compile(self, shape: tuple[int, ...]) -> Any:
         if shape not in self._compiled:
@@ -83,6 +84,4 @@ class OpenVinoCpuEngine(Engine):
         array = to_numpy_batch(batch)
         compiled = self._compile(tuple(int(v) for v in array.shape))
         outputs = compiled({self.input_name: array})
-        return {
-            port.get_any_name(): np.asarray(value, np.float32) for port, value in outputs.items()
-        }
+        return {port.get_any_name(): np.asarray(value, np.float32) for port, value in outputs.items()}
