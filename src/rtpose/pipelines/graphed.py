@@ -96,6 +96,26 @@ class _Replay:
             self.graph.replay()
 
 
+class OneKernel:
+    """A step's choice between one of our Triton kernels and the torch functions it equals: the kernel
+    where `triton_exact.wanted`, and the torch version from its first failure on (e.g. Triton cannot
+    compile here), with one warning; the graphs stay on either way."""
+
+    def __init__(self, what: str, device: torch.device) -> None:
+        self.what = what
+        self.on = triton_exact.wanted(device)
+
+    def __call__(self, kernel: Callable[[], Any], torch_version: Callable[[], Any]) -> Any:
+        if self.on:
+            try:
+                return kernel()
+            except Exception as exc:
+                warnings.warn(f"the one-kernel {self.what} failed ({exc}); using the torch version",
+                              RuntimeWarning, stacklevel=3)  # fmt: skip
+                self.on = False
+        return torch_version()
+
+
 class StepCache:
     """Graph steps per batch shape (B, H, W). A step is made on the `after`-th call with its shape, so
     shapes seen once (a folder of photos of many sizes, COCO evaluation) never pay a capture; at most
@@ -245,18 +265,14 @@ class DetectStep:
         # where `launch` copies the counts to, without waiting (`collect` waits)
         self._info_host = self._info.cpu().pin_memory() if device.type == "cuda" else None
         self._copied = torch.cuda.Event() if device.type == "cuda" else None
-        self.one_kernel = triton_exact.wanted(device)
+        nms = OneKernel("NMS", device)
 
         def select(scores: torch.Tensor, boxes: torch.Tensor) -> FixedSelection:
             options = (score_thr, iou_thr, pre_top_k, max_det, candidates, rounds)
-            if self.one_kernel:  # the same boxes as below, in one kernel instead of ~80
-                try:
-                    return select_detections_fixed(scores, boxes, *options, one_kernel=True)
-                except Exception as exc:  # e.g. Triton cannot compile here: the torch version is the same
-                    warnings.warn(f"the one-kernel NMS failed ({exc}); selecting boxes with torch",
-                                  RuntimeWarning, stacklevel=2)  # fmt: skip
-                    self.one_kernel = False
-            return select_detections_fixed(scores, boxes, *options)
+            return nms(  # the same boxes either way, in one kernel instead of ~80
+                lambda: select_detections_fixed(scores, boxes, *options, one_kernel=True),
+                lambda: select_detections_fixed(scores, boxes, *options),
+            )
 
         def body() -> None:
             letterbox_normalize_torch(frames.images, spec.input_size, pad_value, mean, std,
@@ -326,21 +342,17 @@ class PoseStep:
         self.image_index = torch.zeros(bucket, dtype=torch.int64, device=device)
         network_input = torch.zeros((bucket, 3, *input_size), dtype=torch.float32, device=device)
         self._rows: torch.Tensor | None = None  # made by the first (warm-up) run: its width is 5 + 3K
-        self.one_kernel = triton_exact.wanted(device)
+        one_kernel_crop = OneKernel("crop", device)
 
         def crop(matrices: torch.Tensor, inverse: torch.Tensor) -> None:
-            if self.one_kernel:  # the same values as below, in one kernel instead of ~40
-                try:
-                    crop_triton.crop_normalize_triton(frames.images, self.image_index, inverse,
-                                                      input_size, mean, std, spec.channel_order,
-                                                      network_input)  # fmt: skip
-                    return
-                except Exception as exc:  # e.g. Triton cannot compile here: the torch crops are the same
-                    warnings.warn(f"the one-kernel crop failed ({exc}); cropping with torch", RuntimeWarning,
-                                  stacklevel=2)  # fmt: skip
-                    self.one_kernel = False
-            crop_normalize_torch(pack, param_table[self.image_index], matrices, input_size, mean, std,
-                                 spec.channel_order, out=network_input, inverse=inverse)  # fmt: skip
+            one_kernel_crop(  # the same values either way, in one kernel instead of ~40
+                lambda: crop_triton.crop_normalize_triton(frames.images, self.image_index, inverse,
+                                                          input_size, mean, std, spec.channel_order,
+                                                          network_input),
+                lambda: crop_normalize_torch(pack, param_table[self.image_index], matrices, input_size,
+                                             mean, std, spec.channel_order, out=network_input,
+                                             inverse=inverse),
+            )  # fmt: skip
 
         def body() -> None:
             from rtpose.pipelines.topdown import _pack_rows
