@@ -117,7 +117,7 @@ class StreamTemporalState:
     def plan(self, image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray] | None:
         """None when this frame needs the detector, else (boxes (M, 4), scores (M,)) from the last poses."""
         cfg = self.config
-        if self.frames_seen % cfg.det_interval == 0:
+        if self.detects_ahead(0):
             return None
         boxes, scores, _ = boxes_from_people(
             self._previous, kpt_thr=cfg.kpt_thr, padding=cfg.box_padding, min_keypoints=cfg.min_keypoints,
