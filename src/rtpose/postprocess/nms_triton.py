@@ -46,6 +46,7 @@ if triton is not None:
             h = tl.maximum(_sub(tl.minimum(iy1, y1), tl.maximum(iy0, y0), RN), 0.0)
             inter = _mul(w, h, RN)
             union = _sub(_add(area_i, area, RN), inter, RN)
+            # area_i > 0 as a vector comparison: Triton's interpreter cannot `&` a scalar bool into a vector
             valid = (inter > 0) & (area > 0) & (union > 0) & (tl.zeros_like(area) < area_i)
             iou = tl.where(valid, _div(inter, tl.where(valid, union, 1.0), RN), 0.0)
             suppressed = (iou > iou_thr) & (label == flat_i % C) & (offs > i)
