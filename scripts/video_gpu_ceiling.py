@@ -22,32 +22,18 @@ import numpy as np
 
 
 def _worker(streams: int, interval: int, seconds: float, barrier, results) -> None:
-    import av
     import torch
+    from street_steps import streams_step, street_frames, street_model
 
-    from rtpose.pipelines.video import build_frame_model, run_step
     from rtpose.tracking.temporal import StreamTemporalState, TemporalConfig
 
-    path = os.path.join(os.environ.get("RTPOSE_DATA", "../shared/data"), "video", "openpose_video.avi")
-    with av.open(path) as container:
-        frames = [
-            f.to_ndarray(format="bgr24") for _, f in zip(range(120), container.decode(video=0), strict=False)
-        ]
-    model = build_frame_model("rtmpose-m", "rtmdet-nano", TemporalConfig(det_interval=interval),
-                              backend="compiled", device="cuda", precision="fp16",
-                              pose_weights="random")  # fmt: skip
+    frames, model = street_frames(), street_model(interval)
     states = [StreamTemporalState(TemporalConfig(det_interval=interval)) for _ in range(streams)]
     offset = int(np.random.default_rng(os.getpid()).integers(len(frames)))
     in_model = [0.0]
 
     def step(index: int) -> None:
-        images = [frames[(offset + index + 13 * i) % len(frames)] for i in range(streams)]
-        plans = [state.plan(image.shape[:2]) for state, image in zip(states, images, strict=True)]
-        began = time.perf_counter()
-        people = run_step(model, images, plans, states)
-        in_model[0] += time.perf_counter() - began
-        for i, state in enumerate(states):
-            state.finish(people[i], index / 25.0, detected=plans[i] is None)
+        in_model[0] += streams_step(model, frames, states, index, offset)[1]
 
     for index in range(60):
         step(index)

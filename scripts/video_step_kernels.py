@@ -13,14 +13,12 @@ the torch crops with the one-kernel crop.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
-import av
 import torch
+from street_steps import streams_step, street_frames, street_model
 from torch.profiler import ProfilerActivity, profile
 
-from rtpose.pipelines.video import build_frame_model, run_step
 from rtpose.tracking.temporal import StreamTemporalState, TemporalConfig
 
 
@@ -31,23 +29,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="profiled steps (after 40 warm-up steps)")
     parser.add_argument("--top", type=int, default=25, help="kernels listed")
     args = parser.parse_args()
-    path = os.path.join(os.environ.get("RTPOSE_DATA", "../shared/data"), "video", "openpose_video.avi")
-    with av.open(path) as container:
-        frames = [
-            f.to_ndarray(format="bgr24") for _, f in zip(range(120), container.decode(video=0), strict=False)
-        ]
+    frames = street_frames()
     began = time.perf_counter()
-    model = build_frame_model("rtmpose-m", "rtmdet-nano", TemporalConfig(det_interval=1), backend="compiled",
-                              device="cuda", precision="fp16", pose_weights="random")  # fmt: skip
+    model = street_model(1)
     print(f"DIAG engines ready {time.perf_counter() - began:.0f} s", flush=True)
 
     def step(states: list[StreamTemporalState], index: int) -> int:
-        images = [frames[(index + 13 * i) % len(frames)] for i in range(len(states))]
-        plans = [state.plan(image.shape[:2]) for state, image in zip(states, images, strict=True)]
-        people = run_step(model, images, plans, states)
-        for i, state in enumerate(states):
-            state.finish(people[i], index / 25.0, detected=plans[i] is None)
-        return sum(len(p) for p in people)
+        return sum(len(p) for p in streams_step(model, frames, states, index)[0])
 
     for streams in args.streams:
         states = [StreamTemporalState(TemporalConfig(det_interval=args.interval)) for _ in range(streams)]
