@@ -58,17 +58,39 @@ def _compare(device: str, frames_shape: tuple[int, ...], crops: int, out_size: t
         )
 
 
+def _compare_inverse(device: str) -> None:
+    """The crop matrices' inverses from boxes in one kernel equal the torch functions' values bit for bit."""
+    from rtpose.preprocess.crop_triton import crop_inverse_matrices_triton
+
+    generator = torch.Generator().manual_seed(1)
+    corners = torch.rand((500, 2), generator=generator) * 1400 - 60
+    sizes = torch.rand((500, 2), generator=generator) ** 3 * 700 + 0.5  # wide, tall, tiny and large boxes
+    boxes = torch.cat(
+        [torch.tensor([[0.0, 0.0, 1.0, 1.0], *BOXES]), torch.cat([corners, corners + sizes], 1)]
+    )
+    boxes = boxes.to(torch.float32).to(device)
+    for out_size, padding in (((256, 192), 1.25), ((192, 192), 1.0), ((384, 288), 1.25)):
+        want = invert_affine_matrices(boxes_to_affine_matrices(boxes.to(torch.float64), out_size, padding))
+        got = crop_inverse_matrices_triton(boxes, out_size, padding)
+        assert got.dtype == torch.float64
+        differ = (got != want).sum().item()  # -0.0 == 0.0 here; the signs are compared below
+        assert differ == 0, f"{differ} of {want.numel()} values differ (max {(got - want).abs().max()})"
+        assert torch.equal(torch.signbit(got), torch.signbit(want))
+
+
 @pytest.mark.gpu
 def test_one_kernel_crops_equal_the_torch_crops_on_the_gpu() -> None:
     _compare("cuda", (4, 720, 1280, 3), 60, (256, 192))
     _compare("cuda", (2, 50, 70, 3), 10, (32, 24))
+    _compare_inverse("cuda")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
 def test_one_kernel_crops_equal_the_torch_crops_in_the_interpreter() -> None:
     # the interpreter is chosen when a kernel is defined: a fresh process, run from the repository root
     code = (
-        "from tests.preprocess.test_crop_triton import _compare; _compare('cpu', (3, 50, 70, 3), 5, (32, 24))"
+        "from tests.preprocess.test_crop_triton import _compare, _compare_inverse; "
+        "_compare('cpu', (3, 50, 70, 3), 5, (32, 24)); _compare_inverse('cpu')"
     )
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     root = Path(__file__).resolve().parents[2]

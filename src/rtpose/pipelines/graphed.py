@@ -10,10 +10,11 @@ replayed (the functions inside are the very ones of the eager torch path, so res
   number of NMS rounds (`select_detections_fixed`; greedy NMS in one Triton kernel where Triton is
   installed, `postprocess.nms_triton`), boxes back to image pixels, compacted into person slots
   (image-major, best first). One small copy brings back the counts per image.
-* `PoseStep` (per image count and size and pose-engine bucket): crops of up to `bucket` persons (one
-  Triton kernel where Triton is installed, `preprocess.crop_triton`; RTPOSE_TRITON=0 turns it off), the
-  pose network, keypoint decoding, inverse affine, one row per person (box, score, keypoints). More
-  persons than the largest bucket run in several replays; one copy brings back all rows.
+* `PoseStep` (per image count and size and pose-engine bucket): crops of up to `bucket` persons (their
+  matrices and the crops as two Triton kernels where Triton is installed, `preprocess.crop_triton`;
+  RTPOSE_TRITON=0 turns them off), the pose network, keypoint decoding, inverse affine, one row per
+  person (box, score, keypoints). More persons than the largest bucket run in several replays; one copy
+  brings back all rows.
 
 Steps are made on the second call with a batch shape and kept for the 4 most recent shapes
 (`StepCache`): photo folders of many sizes run op by op instead of capturing graphs for every size.
@@ -344,26 +345,32 @@ class PoseStep:
         self._rows: torch.Tensor | None = None  # made by the first (warm-up) run: its width is 5 + 3K
         one_kernel_crop = OneKernel("crop", device)
 
-        def crop(matrices: torch.Tensor, inverse: torch.Tensor) -> None:
-            one_kernel_crop(  # the same values either way, in one kernel instead of ~40
-                lambda: crop_triton.crop_normalize_triton(frames.images, self.image_index, inverse,
-                                                          input_size, mean, std, spec.channel_order,
-                                                          network_input),
-                lambda: crop_normalize_torch(pack, param_table[self.image_index], matrices, input_size,
-                                             mean, std, spec.channel_order, out=network_input,
-                                             inverse=inverse),
-            )  # fmt: skip
+        def crop_inputs() -> torch.Tensor:
+            """The crops of `self.boxes` into the network input; returns the crop -> image matrices."""
+
+            def two_kernels() -> torch.Tensor:  # the same values as below, in two kernels instead of ~85
+                inverse = crop_triton.crop_inverse_matrices_triton(self.boxes, input_size, bbox_padding)
+                crop_triton.crop_normalize_triton(frames.images, self.image_index, inverse, input_size, mean,
+                                                  std, spec.channel_order, network_input)  # fmt: skip
+                return inverse
+
+            def with_torch() -> torch.Tensor:
+                matrices = boxes_to_affine_matrices(self.boxes.to(torch.float64), input_size, bbox_padding)
+                inverse = invert_affine_matrices(matrices)
+                crop_normalize_torch(pack, param_table[self.image_index], matrices, input_size, mean, std,
+                                     spec.channel_order, out=network_input, inverse=inverse)  # fmt: skip
+                return inverse
+
+            return one_kernel_crop(two_kernels, with_torch)
 
         def body() -> None:
             from rtpose.pipelines.topdown import _pack_rows
 
-            boxes = self.boxes.to(torch.float64)
-            matrices = boxes_to_affine_matrices(boxes, input_size, bbox_padding)
-            inverse = invert_affine_matrices(matrices)
-            crop(matrices, inverse)
+            inverse = crop_inputs()
             keypoints, keypoint_scores = decode_pose(spec, network(network_input))
             keypoints = transform_points(keypoints, inverse)
-            rows = _pack_rows(torch, boxes, self.scores, keypoints, keypoint_scores.to(torch.float32))
+            # the boxes go into the float32 rows as they came (the float64 copy above only feeds matrices)
+            rows = _pack_rows(torch, self.boxes, self.scores, keypoints, keypoint_scores.to(torch.float32))
             if self._rows is None:
                 self._rows = torch.empty_like(rows)
             self._rows.copy_(rows)

@@ -17,7 +17,7 @@ import torch
 from rtpose.errors import RtposeError
 from rtpose.triton_exact import ROUND_EACH_OP, available, triton
 
-__all__ = ["available", "crop_normalize_triton"]
+__all__ = ["available", "crop_inverse_matrices_triton", "crop_normalize_triton"]
 
 _BLOCK = 256
 
@@ -95,6 +95,71 @@ if triton is not None:
             normalised = _sub(value, mean, RN)
             normalised = _div(normalised, std, RN)
             tl.store(target + channel * plane, normalised, mask=inside)
+
+    @triton.jit
+    def _crop_inverse_kernel(
+        boxes_ptr,  # float32 (N, 4) x1y1x2y2
+        out_ptr,  # float64 (N, 2, 3): crop pixel -> image pixel
+        n,
+        padding,  # float64 scalars, as the torch version's Python floats
+        aspect,
+        out_w,
+        half_w,
+        half_h,
+        RN: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        inside = offs < n
+        x1 = tl.load(boxes_ptr + offs * 4, mask=inside, other=0.0).to(tl.float64)
+        y1 = tl.load(boxes_ptr + offs * 4 + 1, mask=inside, other=0.0).to(tl.float64)
+        x2 = tl.load(boxes_ptr + offs * 4 + 2, mask=inside, other=1.0).to(tl.float64)
+        y2 = tl.load(boxes_ptr + offs * 4 + 3, mask=inside, other=1.0).to(tl.float64)
+        # bbox_xyxy_to_center_scale, fix_aspect_ratio (its height is not used below), crop_affine_matrices
+        cx, cy = _mul(_add(x1, x2, RN), 0.5, RN), _mul(_add(y1, y2, RN), 0.5, RN)
+        w, h = _mul(_sub(x2, x1, RN), padding, RN), _mul(_sub(y2, y1, RN), padding, RN)
+        h_wide = _mul(h, aspect, RN)
+        # torch computes `out_w / tensor` as tensor.reciprocal() * out_w: two roundings
+        s = _mul(_div(1.0, tl.where(w > h_wide, w, h_wide), RN), out_w, RN)
+        zero = _mul(s, 0.0, RN)
+        t0, t1 = _sub(half_w, _mul(s, cx, RN), RN), _sub(half_h, _mul(s, cy, RN), RN)
+        # invert_affine_matrices of [[s, zero, t0], [zero, s, t1]]
+        det = _sub(_mul(s, s, RN), _mul(zero, zero, RN), RN)
+        # negation as a product with -1: Triton's unary minus is 0 - x, which loses the sign of a zero
+        minus_zero = _mul(zero, -1.0, RN)
+        ia, ib = _div(s, det, RN), _div(minus_zero, det, RN)
+        id_, ie = _div(minus_zero, det, RN), _div(s, det, RN)
+        row = out_ptr + offs * 6
+        tl.store(row, ia, mask=inside)
+        tl.store(row + 1, ib, mask=inside)
+        tl.store(row + 2, _mul(_add(_mul(ia, t0, RN), _mul(ib, t1, RN), RN), -1.0, RN), mask=inside)
+        tl.store(row + 3, id_, mask=inside)
+        tl.store(row + 4, ie, mask=inside)
+        tl.store(row + 5, _mul(_add(_mul(id_, t0, RN), _mul(ie, t1, RN), RN), -1.0, RN), mask=inside)
+
+
+def crop_inverse_matrices_triton(
+    boxes: torch.Tensor, out_size: tuple[int, int], padding: float, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`invert_affine_matrices(boxes_to_affine_matrices(boxes.double(), out_size, padding))` in one kernel:
+    the (N, 2, 3) float64 crop -> image matrices of float32 x1y1x2y2 `boxes` (N, 4), the same values."""
+    if triton is None:
+        raise RtposeError("crop_inverse_matrices_triton needs Triton (pip install triton)")
+    if boxes.ndim != 2 or boxes.shape[1] != 4 or boxes.dtype != torch.float32 or not boxes.is_contiguous():
+        raise RtposeError(f"need contiguous (N, 4) float32 boxes, got {tuple(boxes.shape)} {boxes.dtype}")
+    n = int(boxes.shape[0])
+    if out is None:
+        out = torch.empty((n, 2, 3), dtype=torch.float64, device=boxes.device)
+    if tuple(out.shape) != (n, 2, 3) or out.dtype != torch.float64 or not out.is_contiguous():
+        raise RtposeError(f"output buffer {tuple(out.shape)} {out.dtype} does not fit ({n}, 2, 3) float64")
+    if n == 0:
+        return out
+    out_h, out_w = out_size
+    _crop_inverse_kernel[(triton.cdiv(n, _BLOCK),)](
+        boxes, out, n, float(padding), out_w / out_h, float(out_w), out_w * 0.5, out_h * 0.5,
+        RN=ROUND_EACH_OP, BLOCK=_BLOCK,
+    )  # fmt: skip
+    return out
 
 
 def crop_normalize_triton(
