@@ -226,7 +226,8 @@ def test_frame_buffer_reads_pinned_host_images_where_they_lie() -> None:
 @pytest.mark.parametrize(
     ("module", "function", "message"),
     [("rtpose.preprocess.crop_triton", "crop_normalize_triton", "one-kernel crop failed"),
-     ("rtpose.postprocess.nms_triton", "greedy_nms_triton", "one-kernel NMS failed")],
+     ("rtpose.postprocess.nms_triton", "greedy_nms_triton", "one-kernel NMS failed"),
+     ("rtpose.postprocess.simcc_triton", "simcc_rows_triton", "one-kernel SimCC decoding failed")],
 )  # fmt: skip
 def test_a_failing_one_kernel_step_falls_back_to_torch(
     engines: dict, frames: list[np.ndarray], monkeypatch, module: str, function: str, message: str

@@ -39,8 +39,9 @@ from rtpose.engines.base import Engine
 from rtpose.errors import RtposeError
 from rtpose.models.spec import ModelSpec
 from rtpose.pipelines.detector import unletterbox_torch
+from rtpose.postprocess import simcc_triton
 from rtpose.postprocess.detection import FixedSelection, select_detections_fixed
-from rtpose.postprocess.pose_codecs import decode_pose
+from rtpose.postprocess.pose_codecs import codec_name, decode_pose
 from rtpose.preprocess import crop_triton
 from rtpose.preprocess.affine import boxes_to_affine_matrices, invert_affine_matrices, transform_points
 from rtpose.preprocess.device_batch import ImagePack, crop_normalize_torch, letterbox_normalize_torch
@@ -363,11 +364,33 @@ class PoseStep:
 
             return one_kernel_crop(two_kernels, with_torch)
 
+        self.one_kernel_decode = self.one_kernel and codec_name(spec) == "simcc"
+        ratio = float(spec.extra.get("simcc_split_ratio", 2.0))
+        bins = (round(input_size[1] * ratio), round(input_size[0] * ratio))  # (x, y), as `simcc.decode`
+
+        def one_kernel_rows(outputs: dict[str, torch.Tensor], inverse: torch.Tensor) -> bool:
+            """SimCC decoding, back-transform and rows in one kernel (False where the torch path must)."""
+            simcc_x, simcc_y = outputs.get("simcc_x"), outputs.get("simcc_y")
+            if simcc_x is None or simcc_y is None or (simcc_x.shape[-1], simcc_y.shape[-1]) != bins:
+                return False  # the torch decoder says what is wrong
+            try:
+                self._rows = simcc_triton.simcc_rows_triton(simcc_x, simcc_y, ratio, inverse, self.boxes,
+                                                            self.scores, out=self._rows)  # fmt: skip
+                return True
+            except Exception as exc:  # e.g. Triton cannot compile here: the torch decoding is the same
+                warnings.warn(f"the one-kernel SimCC decoding failed ({exc}); decoding with torch",
+                              RuntimeWarning, stacklevel=2)  # fmt: skip
+                self.one_kernel_decode = False
+                return False
+
         def body() -> None:
             from rtpose.pipelines.topdown import _pack_rows
 
             inverse = crop_inputs()
-            keypoints, keypoint_scores = decode_pose(spec, network(network_input))
+            outputs = network(network_input)
+            if self.one_kernel_decode and one_kernel_rows(outputs, inverse):
+                return
+            keypoints, keypoint_scores = decode_pose(spec, outputs)
             keypoints = transform_points(keypoints, inverse)
             # the boxes go into the float32 rows as they came (the float64 copy above only feeds matrices)
             rows = _pack_rows(torch, self.boxes, self.scores, keypoints, keypoint_scores.to(torch.float32))
