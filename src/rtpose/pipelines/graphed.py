@@ -364,39 +364,40 @@ class PoseStep:
 
             return one_kernel_crop(two_kernels, with_torch)
 
-        self.one_kernel_decode = self.one_kernel and codec_name(spec) == "simcc"
+        one_kernel_decode = OneKernel("SimCC decoding", device)
         ratio = float(spec.extra.get("simcc_split_ratio", 2.0))
         bins = (round(input_size[1] * ratio), round(input_size[0] * ratio))  # (x, y), as `simcc.decode`
+        simcc = codec_name(spec) == "simcc"
 
-        def one_kernel_rows(outputs: dict[str, torch.Tensor], inverse: torch.Tensor) -> bool:
-            """SimCC decoding, back-transform and rows in one kernel (False where the torch path must)."""
-            simcc_x, simcc_y = outputs.get("simcc_x"), outputs.get("simcc_y")
-            if simcc_x is None or simcc_y is None or (simcc_x.shape[-1], simcc_y.shape[-1]) != bins:
-                return False  # the torch decoder says what is wrong
-            try:
-                self._rows = simcc_triton.simcc_rows_triton(simcc_x, simcc_y, ratio, inverse, self.boxes,
-                                                            self.scores, out=self._rows)  # fmt: skip
-                return True
-            except Exception as exc:  # e.g. Triton cannot compile here: the torch decoding is the same
-                warnings.warn(f"the one-kernel SimCC decoding failed ({exc}); decoding with torch",
-                              RuntimeWarning, stacklevel=2)  # fmt: skip
-                self.one_kernel_decode = False
-                return False
-
-        def body() -> None:
+        def rows_with_torch(outputs: dict[str, torch.Tensor], inverse: torch.Tensor) -> torch.Tensor:
             from rtpose.pipelines.topdown import _pack_rows
 
-            inverse = crop_inputs()
-            outputs = network(network_input)
-            if self.one_kernel_decode and one_kernel_rows(outputs, inverse):
-                return
             keypoints, keypoint_scores = decode_pose(spec, outputs)
             keypoints = transform_points(keypoints, inverse)
-            # the boxes go into the float32 rows as they came (the float64 copy above only feeds matrices)
-            rows = _pack_rows(torch, self.boxes, self.scores, keypoints, keypoint_scores.to(torch.float32))
+            # the boxes go into the float32 rows as they came (the float64 copy only feeds the matrices)
+            return _pack_rows(torch, self.boxes, self.scores, keypoints, keypoint_scores.to(torch.float32))
+
+        def body() -> None:
+            inverse = crop_inputs()
+            outputs = network(network_input)
+            simcc_x, simcc_y = outputs.get("simcc_x"), outputs.get("simcc_y")
+            if (
+                simcc
+                and simcc_x is not None
+                and simcc_y is not None
+                and (simcc_x.shape[-1], simcc_y.shape[-1]) == bins
+            ):  # else the torch decoder says what is wrong
+                rows = one_kernel_decode(  # decoding, back-transform and rows: one kernel instead of ~25
+                    lambda: simcc_triton.simcc_rows_triton(simcc_x, simcc_y, ratio, inverse, self.boxes,
+                                                           self.scores, out=self._rows),
+                    lambda: rows_with_torch(outputs, inverse),
+                )  # fmt: skip
+            else:
+                rows = rows_with_torch(outputs, inverse)
             if self._rows is None:
                 self._rows = torch.empty_like(rows)
-            self._rows.copy_(rows)
+            if rows is not self._rows:
+                self._rows.copy_(rows)
 
         self._replay = _Replay(body, device)
 
