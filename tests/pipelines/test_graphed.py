@@ -197,6 +197,8 @@ def test_cuda_graph_steps_match_the_eager_path(rtpose_env: dict, random_rtmpose_
     errors = np.concatenate([np.abs(a.keypoints - b.keypoints).max(-1) for a, b in pairs])
     print(f"graphs vs eager on CUDA: {(errors <= 1).mean():.2%} within 1 px, max {errors.max():.3g} px")
     assert (errors <= 1.0).mean() >= 0.97
+    launched = steps.launch_pose_on_boxes(images, boxes)
+    assert launched is not None and _json(steps.predict_pose_launched(launched)) == _json(on_boxes)
     chosen = steps.predict_batch(images, select=_every_other)  # detector frames reused for the pose step
     assert [len(p) for p in chosen] == [len(got[0]), (len(got[1]) + 1) // 2]
     for _ in range(3):  # replays give fresh results, not the first call's
@@ -221,6 +223,26 @@ def test_frame_buffer_reads_pinned_host_images_where_they_lie() -> None:
     torch.cuda.synchronize()
     assert np.array_equal(mixed.images[0].cpu().numpy(), pageable)
     assert torch.equal(mixed.images[1].cpu(), pinned[1])
+
+
+def test_a_launched_pose_step_gives_the_people_of_the_step_on_boxes(
+    engines: dict, frames: list[np.ndarray]
+) -> None:
+    """`launch_pose_on_boxes` + `predict_pose_launched` (the video pipeline's look-ahead) answer as
+    `predict_on_boxes_batch`; None where no graph step runs (no graphs, a shape seen first, no box)."""
+    steps, eager = _pipeline(engines, graphs=True), _pipeline(engines, graphs=False)
+    boxes = [np.array([[50, 40, 250, 400], [300, 60, 420, 380.5]], np.float32), np.zeros((0, 4), np.float32),
+             np.array([[10, 10, 90, 200]], np.float32)]  # fmt: skip
+    scores = [np.array([0.9, 0.5], np.float32), np.zeros(0, np.float32), np.array([0.7], np.float32)]
+    expected = _json(eager.predict_on_boxes_batch(frames, boxes, scores))
+    assert eager.launch_pose_on_boxes(frames, boxes, scores) is None
+    assert steps.launch_pose_on_boxes(frames, boxes, scores) is None  # a new shape: op by op
+    assert steps.launch_pose_on_boxes(frames, [b[:0] for b in boxes], [s[:0] for s in scores]) is None
+    for _ in range(2):
+        launched = steps.launch_pose_on_boxes(frames, boxes, scores)
+        assert launched is not None and launched.counts == [2, 0, 1]
+        assert _json(steps.predict_pose_launched(launched)) == expected
+    assert _json(steps.predict_on_boxes_batch(frames, boxes, scores)) == expected
 
 
 @pytest.mark.parametrize(

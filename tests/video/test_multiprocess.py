@@ -253,12 +253,14 @@ def test_model_server_on_the_gpu_gives_the_one_process_results(street: list, rtp
 
 
 @pytest.mark.gpu
-def test_look_ahead_on_the_gpu_gives_the_results_without_it(street: list, rtpose_env: dict) -> None:
-    """The detector of the next frame started before this frame's tracking (CUDA-graph steps): the same
-    records, bit for bit, as one step after the other."""
+@pytest.mark.parametrize("interval", [1, 3])
+def test_look_ahead_on_the_gpu_gives_the_results_without_it(street: list, rtpose_env: dict, interval: int) -> None:
+    """The next step started before this step's tracking (CUDA-graph steps): its detector (every frame),
+    or its pose model on boxes from the settled poses (between detector frames). The same records, bit
+    for bit, as one step after the other."""
 
     def run(ahead: bool) -> tuple[dict, int]:
-        with Pipeline(**{**GPU_OPTIONS, "det_interval": 1}, look_ahead=ahead) as pipe:
+        with Pipeline(**{**GPU_OPTIONS, "det_interval": interval}, look_ahead=ahead) as pipe:
             pipe.add_source(street, name="a", fps=25)
             pipe.add_source(street[::-1], name="b", fps=25)
             return _records(pipe), pipe.steps_ahead

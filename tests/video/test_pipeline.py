@@ -337,11 +337,81 @@ def test_look_ahead_starts_the_next_detector_early_with_the_same_results(interva
     assert sum(model.detect_calls) == sum(plain_model.detect_calls)
 
 
+class _PoseLaunchingModel(_LaunchingModel):
+    """A model that can also start its pose step ahead on given boxes."""
+
+    class PoseHandle:
+        def __init__(self, model: _PoseLaunchingModel, people: list) -> None:
+            self.model, self.people = model, people
+
+        def wait(self) -> None:
+            self.model.poses_dropped += 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.poses_launched = self.poses_used = self.poses_dropped = 0
+
+    def launch_pose(self, images: list[np.ndarray], boxes: list, scores: list) -> PoseHandle:
+        self.poses_launched += 1
+        return self.PoseHandle(self, self.pose(images, boxes, scores))
+
+    def pose_launched(self, handle: PoseHandle) -> list:
+        self.poses_used += 1
+        return handle.people
+
+
+@pytest.mark.parametrize(("interval", "streams"), [(5, 1), (3, 2), (1, 2)])
+def test_look_ahead_starts_the_next_pose_on_boxes_from_the_settled_poses(interval: int, streams: int) -> None:
+    frames = [scene_frame(i) for i in range(24)]
+
+    def run(ahead: bool) -> tuple[list, _PoseLaunchingModel, int]:
+        model = _PoseLaunchingModel()
+        with Pipeline(model=model, det_interval=interval, look_ahead=ahead, batch_size=streams) as pipe:
+            for s in range(streams):
+                pipe.add_source(frames[s:], name=f"s{s}", fps=25)  # streams out of step at the end
+            results = [r.to_json() for r in pipe]
+        return results, model, pipe.steps_ahead
+
+    plain, plain_model, _ = run(False)
+    ahead, model, steps_ahead = run(True)
+    assert ahead == plain and plain_model.poses_launched == 0
+    assert model.poses_used == model.poses_launched and model.poses_dropped == 0
+    assert steps_ahead == model.launched + model.poses_launched
+    # between detector frames every step can start early: its boxes come from the poses just settled
+    assert model.poses_launched >= (0 if interval == 1 else 24 - 24 // interval - 3)
+    assert sum(model.pose_calls) == sum(plain_model.pose_calls)
+    assert sum(model.detect_calls) == sum(plain_model.detect_calls)
+
+
+def test_a_pose_started_for_frames_that_no_longer_need_it_is_waited_for_and_dropped() -> None:
+    model = _PoseLaunchingModel()
+    with Pipeline(model=model, det_interval=5, look_ahead=False) as pipe:
+        pipe.add_source([scene_frame(i) for i in range(3)], name="a", fps=25)
+        pipe._launched = ([], [], model.PoseHandle(model, []))  # as if started for another step's frames
+        results = list(pipe)
+    assert len(results) == 3 and all(r.error is None for r in results)
+    assert model.poses_dropped == 1
+
+
+def test_a_failing_started_pose_is_retried_frame_by_frame() -> None:
+    class Failing(_PoseLaunchingModel):
+        def pose_launched(self, handle: _PoseLaunchingModel.PoseHandle) -> list:
+            raise RuntimeError("lost")
+
+    model = Failing()
+    with Pipeline(model=model, det_interval=5, batch_size=2) as pipe:
+        pipe.add_source([scene_frame(i) for i in range(4)], name="a", fps=25)
+        pipe.add_source([scene_frame(i) for i in range(4)], name="b", fps=25)
+        results = list(pipe)
+    assert len(results) == 8 and all(r.error is None for r in results)  # each frame again, not ahead
+    assert model.poses_launched > 0 and model.poses_dropped == model.poses_launched
+
+
 def test_a_detector_started_for_frames_that_no_longer_need_it_is_waited_for_and_dropped() -> None:
     model = _LaunchingModel()
     with Pipeline(model=model, det_interval=1) as pipe:
         pipe.add_source([scene_frame(i) for i in range(3)], name="a", fps=25)
-        pipe._launched = ([], model.launch_detect([]))  # as if started for another step's frames
+        pipe._launched = ([], [], model.launch_detect([]))  # as if started for another step's frames
         results = list(pipe)
     assert len(results) == 3 and all(r.error is None for r in results)
     assert model.dropped == 1

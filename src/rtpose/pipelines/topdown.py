@@ -86,6 +86,43 @@ class LaunchedDetect:
         self.step.collect()
 
 
+class PendingRows:
+    """Pose rows (m, 5 + 3K) float32 on their way to the host: on CUDA a non-blocking copy into pinned
+    memory and an event, so the host can work until it needs them."""
+
+    def __init__(self, rows: Any) -> None:
+        import torch
+
+        self._event = None
+        if rows.device.type != "cuda":
+            self._host = rows
+            return
+        self._host = torch.empty(rows.shape, dtype=rows.dtype, pin_memory=True)
+        self._host.copy_(rows, non_blocking=True)
+        self._event = torch.cuda.Event()
+        self._event.record()
+
+    def result(self) -> np.ndarray:
+        if self._event is not None:
+            self._event.synchronize()
+        return self._host.numpy()
+
+
+@dataclass
+class LaunchedPose:
+    """A pose step started by `TopDown.launch_pose_on_boxes`: the rows of `counts[i]` persons per image."""
+
+    counts: list[int]
+    rows: PendingRows
+
+    def wait(self) -> None:
+        """Wait for the step without using its answer."""
+        self.rows.result()
+
+    def people(self) -> list[list[Person]]:
+        return _people_from_rows(self.rows.result(), self.counts)
+
+
 class TopDown:
     """Detector + top-down pose model.
 
@@ -320,6 +357,40 @@ class TopDown:
             return people
         return self._predict_prepared(launched.images, select)
 
+    def launch_pose_on_boxes(
+        self, images: Sequence[Any], boxes: Sequence[Any], scores: Sequence[Any] | None = None
+    ) -> LaunchedPose | None:
+        """Start `predict_on_boxes_batch(images, boxes, scores)` and return at once (graph steps on
+        images of one size only; None where they do not run: then call `predict_on_boxes_batch`).
+        `predict_pose_launched` finishes it; the host may work meanwhile, but make no other call of this
+        pipeline."""
+        from rtpose.pipelines import graphed
+
+        scores = [None] * len(boxes) if scores is None else scores
+        if not self.graphs or len(images) != len(boxes) or len(boxes) != len(scores):
+            return None
+        checked = [check_image(image) for image in images]
+        key = graphed.uniform_key(checked)
+        if key is None or any(is_torch(b) for b in boxes):
+            return None
+        box_sets = [_host_box_set(b, s) for b, s in zip(boxes, scores, strict=True)]
+        if sum(len(b) for b, _ in box_sets) == 0:
+            return None
+        frames = self._boxes_frames(key)
+        if frames is None:
+            return None
+        self._timer.start()
+        with self._timer.stage("pre"):
+            frames.load(checked)
+        return self._launch_pose_host_boxes(frames, box_sets)
+
+    def predict_pose_launched(self, launched: LaunchedPose) -> list[list[Person]]:
+        """The people of a `launch_pose_on_boxes`."""
+        with self._timer.stage("infer"):
+            people = launched.people()
+        self.last_timings = self._timer.snapshot()
+        return people
+
     def _predict_graphed(
         self, images: list[Any], select: SelectBoxes | None, launched: Any = None
     ) -> list[list[Person]] | None:
@@ -357,8 +428,14 @@ class TopDown:
             return _people_from_rows(rows, slots.counts)
 
     def _pose_rows(self, frames: Any, boxes: Any, scores: Any, image_index: Any) -> np.ndarray | None:
-        """Rows of all persons (device tensors) on the images of `frames` through pose-step replays, in
-        chunks of the engine's largest bucket; one host copy at the end (None: no step can run)."""
+        """Rows of all persons (device tensors) on the images of `frames` (None: no step can run)."""
+        pending = self._launch_pose_rows(frames, boxes, scores, image_index)
+        return pending.result() if pending is not None else None
+
+    def _launch_pose_rows(self, frames: Any, boxes: Any, scores: Any, image_index: Any) -> PendingRows | None:
+        """Start the pose-step replays for all persons (device tensors) on the images of `frames`, in
+        chunks of the engine's largest bucket, and the one copy of their rows to the host (None: no step
+        can run)."""
         import torch
 
         from rtpose.pipelines import graphed
@@ -378,7 +455,7 @@ class TopDown:
                 return None
             rows = step.run(boxes[start:stop], scores[start:stop], image_index[start:stop])
             chunks.append(rows.clone() if stop < n else rows)  # the next replay overwrites the buffer
-        return (torch.cat(chunks) if len(chunks) > 1 else chunks[0]).cpu().numpy()  # the one host copy
+        return PendingRows(torch.cat(chunks) if len(chunks) > 1 else chunks[0])
 
     def _pose_step(self, frames: Any, bucket: int, network: Any) -> Any:
         """The pose step of `bucket` persons on the images of `frames`, made on first use (None where its
@@ -457,11 +534,24 @@ class TopDown:
         self, frames: Any, box_sets: list[tuple[np.ndarray, np.ndarray]]
     ) -> list[list[Person]] | None:
         """Pose-step replays on the images loaded in `frames` for host (boxes, scores) per image."""
+        if sum(len(b) for b, _ in box_sets) == 0:
+            return [[] for _ in box_sets]
+        launched = self._launch_pose_host_boxes(frames, box_sets)
+        if launched is None:
+            return None
+        with self._timer.stage("infer"):
+            rows = launched.rows.result()
+        with self._timer.stage("post"):
+            return _people_from_rows(rows, launched.counts)
+
+    def _launch_pose_host_boxes(
+        self, frames: Any, box_sets: list[tuple[np.ndarray, np.ndarray]]
+    ) -> LaunchedPose | None:
+        """Start the pose-step replays on the images loaded in `frames` for host (boxes, scores) per
+        image (at least one box in all)."""
         from rtpose.preprocess.device_batch import to_device_async
 
         counts = [len(b) for b, _ in box_sets]
-        if sum(counts) == 0:
-            return [[] for _ in box_sets]
         with self._timer.stage("pre"):
             table = np.zeros((sum(counts), 6), np.float32)  # box, score, image index: one upload
             table[:, :4] = np.concatenate([b for b, _ in box_sets])
@@ -469,11 +559,8 @@ class TopDown:
             table[:, 5] = np.repeat(np.arange(len(counts)), counts)
             uploaded = to_device_async(table, frames.device)
         with self._timer.stage("infer"):
-            rows = self._pose_rows(frames, uploaded[:, :4], uploaded[:, 4], uploaded[:, 5].long())
-        if rows is None:
-            return None
-        with self._timer.stage("post"):
-            return _people_from_rows(rows, counts)
+            rows = self._launch_pose_rows(frames, uploaded[:, :4], uploaded[:, 4], uploaded[:, 5].long())
+        return LaunchedPose(counts, rows) if rows is not None else None
 
     def _prepare_all(self, items: list[Any], upload: bool = True) -> list[Any]:
         """Decode encoded items, check the others, and move everything to where processing runs (with

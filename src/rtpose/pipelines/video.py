@@ -108,6 +108,15 @@ class TopDownFrameModel:
             return self.topdown.predict_launched(launched, select=select)
         return self.topdown.predict_batch(images, select=select)
 
+    def launch_pose(self, images: list[np.ndarray], boxes: list[np.ndarray], scores: list[np.ndarray]) -> Any:
+        """Start `pose(images, boxes, scores)` and return at once (None where it cannot run ahead);
+        `pose_launched` ends it."""
+        return self.topdown.launch_pose_on_boxes(images, boxes, scores)
+
+    def pose_launched(self, launched: Any) -> list[list[Person]]:
+        """The people of a `launch_pose`."""
+        return self.topdown.predict_pose_launched(launched)
+
     def prepare(self, height: int, width: int, batch_sizes: Sequence[int]) -> int:
         """Make the CUDA-graph steps for frames of this size now (`TopDown.prepare_graphs`)."""
         return int(self.topdown.prepare_graphs(height, width, batch_sizes))
@@ -199,10 +208,13 @@ def run_step(
 ) -> list[list[Person]]:
     """The model calls of one step: image i has the boxes `plans[i]` from its stream's tracking, or None
     where the detector runs; the detections to pose are chosen by `states[i].pose_candidates()`.
-    launched: the model's `launch_detect` of these images (every plan is then None)."""
+    launched: what the model started for these images already: its `launch_detect` (every plan is then
+    None) or its `launch_pose` on these very plans."""
     if all(plan is None for plan in plans):
         candidates = [state.pose_candidates() for state in states]
         return detect_and_pose(model, images, candidates, launched)
+    if launched is not None:
+        return model.pose_launched(launched)  # type: ignore[attr-defined]
     to_detect = [i for i, plan in enumerate(plans) if plan is None]
     boxes: list[BoxesAndScores | None] = list(plans)
     if to_detect:
@@ -312,10 +324,11 @@ class Pipeline(StreamRunner):
     prepare_graphs: on the first frame of each size, make the model's CUDA-graph steps for it at once
     (one frame and all streams per step, every pose bucket) instead of on their first uses in the first
     seconds (off by default: on the H100 it gave +2-6%, within the noise of the runs).
-    look_ahead: where the model can start its detector without waiting (`launch_detect`: CUDA-graph
-    steps), the next step's detector is started before this step's tracking and results, when every frame
-    of the next step runs the detector whatever the tracking gives; the host work then overlaps the GPU
-    work. Results are the same either way.
+    look_ahead: where the model can start its steps without waiting (`launch_detect`, `launch_pose`:
+    CUDA-graph steps), the next step is started before this step's tracking, smoothing and results: its
+    detector when every frame of it needs one (the detections to pose are still chosen after the
+    tracking), or its pose model when every frame of it has boxes from the last poses (known before the
+    tracking). The host work then overlaps the GPU work. Results are the same either way.
     """
 
     def __init__(
@@ -376,7 +389,8 @@ class Pipeline(StreamRunner):
         self._prepared: set[tuple[int, ...]] = set()
         self.look_ahead = bool(look_ahead)
         self._ahead: Batch | None = None  # the next step's batch, taken from the hub early
-        self._launched: tuple[list[Frame], Any] | None = None  # its frames and their started detector
+        # its frames, their plans and the model's handle of the step started for them
+        self._launched: tuple[list[Frame], list[BoxesAndScores | None], Any] | None = None
         #: steps whose detector was started ahead (for tests and diagnostics)
         self.steps_ahead = 0
         for source in sources:
@@ -456,73 +470,85 @@ class Pipeline(StreamRunner):
     def _infer(self, frames: list[Frame], ahead: bool = True) -> list[FrameResult]:
         if self.prepare_graphs:
             self._prepare(frames)
+        launched = None
+        if self._launched is not None and self._launched[0] is frames:
+            (_, plans, launched), self._launched = self._launched, None
+            self.steps_ahead += 1
+        else:
+            self._drop_launched()  # started for other frames (a frame of the step before failed)
+            plans = self._plans(frames)
+        states = [self._states[frame.stream] for frame in frames]
+        try:
+            people = run_step(self.model, [f.image for f in frames], plans, states, launched)
+        except ModelGone:
+            raise
+        except Exception as exc:  # find the frame at fault: run each alone, so the others still get results
+            if launched is not None:
+                with contextlib.suppress(Exception):
+                    launched.wait()  # its buffers are reused by the retries
+            if len(frames) == 1:
+                return [self._failed(frames[0], exc)]
+            logger.debug("batch failed (%s); retrying frame by frame", exc)
+            return [r for frame in frames for r in self._infer([frame], ahead=False)]
+        settled = [
+            state.settle(found, detected=plan is None)
+            for state, plan, found in zip(states, plans, people, strict=True)
+        ]
+        if ahead:
+            self._look_ahead()
+        results = []
+        now = time.monotonic()
+        for frame, state, plan, found in zip(frames, states, plans, settled, strict=True):
+            tracked = state.follow(found, frame.time)
+            results.append(FrameResult(frame.stream, frame.index, frame.time, tracked, frame.image,
+                                       now - frame.decoded_at, plan is None))  # fmt: skip
+        return results
+
+    def _plans(self, frames: list[Frame]) -> list[BoxesAndScores | None]:
+        """Each frame's boxes from its stream's last poses, or None where the detector runs."""
         plans = []
         for frame in frames:
             state = self._states.get(frame.stream)
             if state is None:
                 state = self._states[frame.stream] = StreamTemporalState(self.temporal)
             plans.append(state.plan(frame.image.shape[:2]))
-        try:
-            people = self._run_model(frames, plans)
-        except ModelGone:
-            raise
-        except Exception as exc:  # find the frame at fault: run each alone, so the others still get results
-            if len(frames) == 1:
-                return [self._failed(frames[0], exc)]
-            logger.debug("batch failed (%s); retrying frame by frame", exc)
-            return [r for frame in frames for r in self._infer([frame], ahead=False)]
-        if ahead:
-            self._look_ahead(frames)
-        results = []
-        now = time.monotonic()
-        for frame, plan, found in zip(frames, plans, people, strict=True):
-            tracked = self._states[frame.stream].finish(found, frame.time, detected=plan is None)
-            results.append(FrameResult(frame.stream, frame.index, frame.time, tracked, frame.image,
-                                       now - frame.decoded_at, plan is None))  # fmt: skip
-        return results
+        return plans
 
-    def _run_model(self, frames: list[Frame], plans: list[BoxesAndScores | None]) -> list[list[Person]]:
-        launched = None
-        if self._launched is not None and self._launched[0] is frames and all(p is None for p in plans):
-            launched, self._launched = self._launched[1], None
-        self._drop_launched()  # one started for other frames or plans (a frame of the step before failed)
-        if launched is not None:
-            self.steps_ahead += 1
-        states = [self._states[f.stream] for f in frames]
-        return run_step(self.model, [f.image for f in frames], plans, states, launched)
-
-    def _look_ahead(self, frames: list[Frame]) -> None:
-        """Take the next step's batch from the hub if it is complete already, and start its detector
-        when every frame of it will run the detector (by the interval alone, so whatever this step's
-        tracking gives: its pose candidates are still chosen after that tracking)."""
-        launch = getattr(self.model, "launch_detect", None)
-        if not self.look_ahead or launch is None or self._ahead is not None:
+    def _look_ahead(self) -> None:
+        """Take the next step's batch from the hub if it is complete already and start its model step:
+        the detector when every frame of it needs one, the pose model when every frame has boxes from
+        the poses just settled (see `StreamTemporalState.settle`)."""
+        model = self.model
+        if not self.look_ahead or self._ahead is not None or getattr(model, "launch_detect", None) is None:
             return
-        if not getattr(self.model, "launches_ahead", True):  # e.g. CPU engines: no frame is taken early
+        if not getattr(model, "launches_ahead", True):  # e.g. CPU engines: no frame is taken early
             return
         batch = self.hub.next_batch(self.batch_size, 0.0, partial=False)
         if batch is None or not (batch.frames or batch.ended):
             return
         self._ahead = batch
-        now = {frame.stream for frame in frames}  # streams whose next frame comes after this step's
-        for frame in batch.frames:
-            state = self._states.get(frame.stream)
-            if state is not None and not state.detects_ahead(1 if frame.stream in now else 0):
-                return
-        if len({frame.image.shape for frame in batch.frames}) != 1:
+        if not batch.frames or len({frame.image.shape for frame in batch.frames}) != 1:
             return
+        plans = self._plans(batch.frames)
+        images = [frame.image for frame in batch.frames]
+        launch_pose = getattr(model, "launch_pose", None)
         try:
-            handle = launch([frame.image for frame in batch.frames])
+            if all(plan is None for plan in plans):
+                handle = model.launch_detect(images)  # type: ignore[attr-defined]
+            elif launch_pose is not None and all(plan is not None for plan in plans):
+                handle = launch_pose(images, [p[0] for p in plans], [p[1] for p in plans])  # type: ignore[index]
+            else:
+                return
         except Exception as exc:  # the step itself will run (and report) it the usual way
-            logger.debug("could not start the next detector early (%s)", exc)
+            logger.debug("could not start the next step early (%s)", exc)
             return
         if handle is not None:
-            self._launched = (batch.frames, handle)
+            self._launched = (batch.frames, plans, handle)
 
     def _drop_launched(self) -> None:
-        """Wait for a detector started ahead whose answer is not wanted (its frame buffer is reused)."""
+        """Wait for a step started ahead whose answer is not wanted (its frame buffer is reused)."""
         if self._launched is not None:
-            handle, self._launched = self._launched[1], None
+            handle, self._launched = self._launched[2], None
             wait = getattr(handle, "wait", None)
             if wait is not None:
                 wait()

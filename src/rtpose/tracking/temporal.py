@@ -7,7 +7,7 @@ stream's state between its frames:
     boxes = state.plan(image_size)        # None: run the detector on this frame
     boxes = state.pose_candidates()(<detector boxes, scores>)   # on detector frames
     people = <pose model on these boxes>
-    people = state.finish(people, time_s, detected=boxes is None)
+    people = state.finish(people, time_s, detected=boxes is None)   # = follow(settle(...))
 
 Between detection frames (every `det_interval` frames) the boxes come from the previous frame's
 keypoints (`keypoint_boxes`). A propagated pose whose mean keypoint score falls below
@@ -117,7 +117,7 @@ class StreamTemporalState:
     def plan(self, image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray] | None:
         """None when this frame needs the detector, else (boxes (M, 4), scores (M,)) from the last poses."""
         cfg = self.config
-        if self.detects_ahead(0):
+        if self.frames_seen % cfg.det_interval == 0:
             return None
         boxes, scores, _ = boxes_from_people(
             self._previous, kpt_thr=cfg.kpt_thr, padding=cfg.box_padding, min_keypoints=cfg.min_keypoints,
@@ -126,11 +126,6 @@ class StreamTemporalState:
         if len(boxes) == 0 and cfg.detect_when_empty:
             return None
         return boxes, scores
-
-    def detects_ahead(self, finished_before: int) -> bool:
-        """Whether this stream's frame that comes after `finished_before` more finished frames runs the
-        detector whatever those frames give (by the detector interval alone)."""
-        return (self.frames_seen + finished_before) % self.config.det_interval == 0
 
     def pose_candidates(self) -> PoseCandidates:
         """Which detections of this stream's next frame are worth a pose, as a value that can be applied
@@ -141,6 +136,12 @@ class StreamTemporalState:
 
     def finish(self, people: list[Person], time_s: float, *, detected: bool) -> list[Person]:
         """Post-process the poses of this stream's next frame; returns the people to report."""
+        return self.follow(self.settle(people, detected=detected), time_s)
+
+    def settle(self, people: list[Person], *, detected: bool) -> list[Person]:
+        """The first half of `finish`: drop weak propagated poses, pose NMS, and remember the survivors
+        for the next frame's boxes. After it, `plan` answers for the next frame already (tracking and
+        smoothing do not change that answer), so its model call may start before `follow`."""
         cfg = self.config
         self.frames_seen += 1
         self.detections_run += int(detected)
@@ -153,6 +154,10 @@ class StreamTemporalState:
         # yet (a person seen once must be seen again to get an id); unsmoothed, so boxes follow the
         # measurements.
         self._previous = people
+        return people
+
+    def follow(self, people: list[Person], time_s: float) -> list[Person]:
+        """The second half of `finish`: tracking and smoothing of the settled people."""
         if self.tracker is not None:
             people = self.tracker.update(people)
         if self.smoother is not None:
