@@ -12,6 +12,8 @@ as `torch.round`.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from rtpose.errors import RtposeError
@@ -100,12 +102,8 @@ if triton is not None:
     def _crop_inverse_kernel(
         boxes_ptr,  # float32 (N, 4) x1y1x2y2
         out_ptr,  # float64 (N, 2, 3): crop pixel -> image pixel
+        c_ptr,  # float64 (5,): padding, aspect, out_w, half_w, half_h (the torch version's floats)
         n,
-        padding,  # float64 scalars, as the torch version's Python floats
-        aspect,
-        out_w,
-        half_w,
-        half_h,
         RN: tl.constexpr,
         BLOCK: tl.constexpr,
     ):
@@ -115,27 +113,44 @@ if triton is not None:
         y1 = tl.load(boxes_ptr + offs * 4 + 1, mask=inside, other=0.0).to(tl.float64)
         x2 = tl.load(boxes_ptr + offs * 4 + 2, mask=inside, other=1.0).to(tl.float64)
         y2 = tl.load(boxes_ptr + offs * 4 + 3, mask=inside, other=1.0).to(tl.float64)
+        # Python float arguments would arrive as float32 scalars (which libdevice's float64 functions do
+        # not take, and which would round the values): the constants come as float64 from memory
+        padding, aspect, out_w = tl.load(c_ptr), tl.load(c_ptr + 1), tl.load(c_ptr + 2)
+        half_w, half_h = tl.load(c_ptr + 3), tl.load(c_ptr + 4)
+        half = tl.full([BLOCK], 0.5, tl.float64)
+        nought = tl.full([BLOCK], 0.0, tl.float64)
+        one = tl.full([BLOCK], 1.0, tl.float64)
+        minus_one = tl.full([BLOCK], -1.0, tl.float64)
         # bbox_xyxy_to_center_scale, fix_aspect_ratio (its height is not used below), crop_affine_matrices
-        cx, cy = _mul(_add(x1, x2, RN), 0.5, RN), _mul(_add(y1, y2, RN), 0.5, RN)
+        cx, cy = _mul(_add(x1, x2, RN), half, RN), _mul(_add(y1, y2, RN), half, RN)
         w, h = _mul(_sub(x2, x1, RN), padding, RN), _mul(_sub(y2, y1, RN), padding, RN)
         h_wide = _mul(h, aspect, RN)
         # torch computes `out_w / tensor` as tensor.reciprocal() * out_w: two roundings
-        s = _mul(_div(1.0, tl.where(w > h_wide, w, h_wide), RN), out_w, RN)
-        zero = _mul(s, 0.0, RN)
+        s = _mul(_div(one, tl.where(w > h_wide, w, h_wide), RN), out_w, RN)
+        zero = _mul(s, nought, RN)
         t0, t1 = _sub(half_w, _mul(s, cx, RN), RN), _sub(half_h, _mul(s, cy, RN), RN)
         # invert_affine_matrices of [[s, zero, t0], [zero, s, t1]]
         det = _sub(_mul(s, s, RN), _mul(zero, zero, RN), RN)
         # negation as a product with -1: Triton's unary minus is 0 - x, which loses the sign of a zero
-        minus_zero = _mul(zero, -1.0, RN)
+        minus_zero = _mul(zero, minus_one, RN)
         ia, ib = _div(s, det, RN), _div(minus_zero, det, RN)
         id_, ie = _div(minus_zero, det, RN), _div(s, det, RN)
         row = out_ptr + offs * 6
         tl.store(row, ia, mask=inside)
         tl.store(row + 1, ib, mask=inside)
-        tl.store(row + 2, _mul(_add(_mul(ia, t0, RN), _mul(ib, t1, RN), RN), -1.0, RN), mask=inside)
+        tl.store(row + 2, _mul(_add(_mul(ia, t0, RN), _mul(ib, t1, RN), RN), minus_one, RN), mask=inside)
         tl.store(row + 3, id_, mask=inside)
         tl.store(row + 4, ie, mask=inside)
-        tl.store(row + 5, _mul(_add(_mul(id_, t0, RN), _mul(ie, t1, RN), RN), -1.0, RN), mask=inside)
+        tl.store(row + 5, _mul(_add(_mul(id_, t0, RN), _mul(ie, t1, RN), RN), minus_one, RN), mask=inside)
+
+
+@functools.lru_cache(maxsize=64)
+def _matrix_constants(device: torch.device, out_size: tuple[int, int], padding: float) -> torch.Tensor:
+    """The float64 constants of `_crop_inverse_kernel`, made once per device and crop setting (a graph
+    step's warm-up makes them, so its capture copies nothing from the host)."""
+    out_h, out_w = out_size
+    values = [float(padding), out_w / out_h, float(out_w), out_w * 0.5, out_h * 0.5]
+    return torch.tensor(values, dtype=torch.float64, device=device)
 
 
 def crop_inverse_matrices_triton(
@@ -154,11 +169,8 @@ def crop_inverse_matrices_triton(
         raise RtposeError(f"output buffer {tuple(out.shape)} {out.dtype} does not fit ({n}, 2, 3) float64")
     if n == 0:
         return out
-    out_h, out_w = out_size
-    _crop_inverse_kernel[(triton.cdiv(n, _BLOCK),)](
-        boxes, out, n, float(padding), out_w / out_h, float(out_w), out_w * 0.5, out_h * 0.5,
-        RN=ROUND_EACH_OP, BLOCK=_BLOCK,
-    )  # fmt: skip
+    constants = _matrix_constants(boxes.device, (int(out_size[0]), int(out_size[1])), float(padding))
+    _crop_inverse_kernel[(triton.cdiv(n, _BLOCK),)](boxes, out, constants, n, RN=ROUND_EACH_OP, BLOCK=_BLOCK)
     return out
 
 
