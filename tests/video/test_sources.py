@@ -16,7 +16,7 @@ from loopback import ThrottledFileServer
 
 from rtpose.errors import RtposeError
 from rtpose.sources.stream_hub import Batch, ReconnectPolicy, StreamEnd, StreamHub
-from rtpose.sources.video import VideoSourceError, open_video, parse_source
+from rtpose.sources.video import VideoSourceError, iter_decoded, open_video, parse_source
 
 
 def _drain(hub: StreamHub, max_frames: int = 4, slow: float = 0.0) -> tuple[dict[str, list], list[StreamEnd]]:
@@ -60,6 +60,20 @@ def test_auto_decode_is_the_cpu_and_says_so(scene_dir: Path, caplog: pytest.LogC
     assert opened.total_frames == 40 and opened.fps == pytest.approx(25.0)
     with pytest.raises(VideoSourceError, match="decode must be"):
         open_video(spec, "gpu")  # type: ignore[arg-type]
+
+
+def test_decoder_threads_follow_rtpose_decode_threads(
+    scene_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = parse_source(scene_dir / "one_mover.mp4")
+    monkeypatch.setenv("RTPOSE_DECODE_THREADS", "2")
+    opened = open_video(spec, "cpu")
+    assert opened.stream.codec_context.thread_count == 2
+    assert len(list(iter_decoded(opened))) == 40
+    for bad in ("two", "-1"):
+        monkeypatch.setenv("RTPOSE_DECODE_THREADS", bad)
+        with pytest.raises(RtposeError, match="RTPOSE_DECODE_THREADS"):
+            open_video(spec, "cpu")
 
 
 def test_file_mode_loses_no_frame_under_a_slow_consumer(scene_dir: Path) -> None:

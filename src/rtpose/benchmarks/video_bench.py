@@ -325,8 +325,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="make the CUDA-graph steps on each stream's first frame instead of on first "
                              "use (Pipeline(prepare_graphs=True))")  # fmt: skip
     parser.add_argument("--look-ahead", nargs="+", default=["on"], choices=["on", "off"],
-                        help="start the next step's detector before this step's tracking where the model "
-                             "can (Pipeline(look_ahead=...)); each value a row")  # fmt: skip
+                        help="start the next step's detector or pose model before this step's tracking "
+                             "where the model can (Pipeline(look_ahead=...)); each value a row")  # fmt: skip
     parser.add_argument("--server-wait", type=float, default=0.002,
                         help="seconds the model server waits for more workers' requests")  # fmt: skip
     parser.add_argument("--decode", default="auto", choices=["auto", "cpu", "nvdec"],

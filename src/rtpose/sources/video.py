@@ -127,6 +127,7 @@ def open_video(spec: SourceSpec, decode: DecodeMode = "auto", timeout: float | N
 
     if decode not in DECODE_MODES:
         raise VideoSourceError(f"decode must be one of {', '.join(DECODE_MODES)}, not {decode!r}")
+    threads = decode_threads()
     container, decoder = None, "cpu"
     if decode == "nvdec":
         try:
@@ -152,6 +153,8 @@ def open_video(spec: SourceSpec, decode: DecodeMode = "auto", timeout: float | N
         decoder = "cpu"  # FFmpeg kept its software decoder for this codec
     if decoder == "cpu":
         stream.thread_type = "AUTO"  # frame + slice threads in FFmpeg's software decoder
+        if threads:
+            stream.codec_context.thread_count = threads
     fps = float(stream.average_rate or stream.guessed_rate or 0) or spec.fps or DEFAULT_FPS
     total = int(stream.frames or 0)
     if total == 0 and container.duration and not spec.is_live:
@@ -163,6 +166,21 @@ def open_video(spec: SourceSpec, decode: DecodeMode = "auto", timeout: float | N
         spec.name, spec.location, codec.name, codec.width, codec.height, fps, where,
     )  # fmt: skip
     return OpenedVideo(container, stream, decoder, fps, total)  # type: ignore[arg-type]
+
+
+def decode_threads() -> int:
+    """Threads per software decoder from RTPOSE_DECODE_THREADS (0 or unset: FFmpeg's own count, about
+    one per core for every stream: with many streams on few cores they compete with the model loop)."""
+    value = os.environ.get("RTPOSE_DECODE_THREADS", "").strip()
+    if not value:
+        return 0
+    try:
+        threads = int(value)
+    except ValueError:
+        raise RtposeError(f"RTPOSE_DECODE_THREADS must be a whole number, not {value!r}") from None
+    if threads < 0:
+        raise RtposeError(f"RTPOSE_DECODE_THREADS must be >= 0, not {threads}")
+    return threads
 
 
 def iter_decoded(opened: OpenedVideo) -> Iterator[tuple[np.ndarray, float]]:
