@@ -254,7 +254,9 @@ def test_model_server_on_the_gpu_gives_the_one_process_results(street: list, rtp
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("interval", [1, 3])
-def test_look_ahead_on_the_gpu_gives_the_results_without_it(street: list, rtpose_env: dict, interval: int) -> None:
+def test_look_ahead_on_the_gpu_gives_the_results_without_it(
+    street: list, rtpose_env: dict, interval: int
+) -> None:
     """The next step started before this step's tracking (CUDA-graph steps): its detector (every frame),
     or its pose model on boxes from the settled poses (between detector frames). The same records, bit
     for bit, as one step after the other."""

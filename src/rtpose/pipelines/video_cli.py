@@ -104,7 +104,7 @@ def add_video_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     parser.add_argument(
         "--workers", default="auto", metavar="N|auto",
         help="spread the streams over N processes, each decoding, inferring and tracking its own streams; "
-             "on the H100 with 8 streams, 8 workers under MPS (see --mps) ran 855-981 frames/s against 177 "
+             "on the H100 with 8 streams, 8 workers under MPS (see --mps) ran 761-981 frames/s against 177 "
              "for one process (see docs/benchmarks.md). auto: on a CUDA device one process per stream, at "
              "most half the cores and 8; on the CPU one process (2 workers on 2 cores were slower) "
              "(default auto)",
