@@ -3,22 +3,13 @@ on the GPU (libdevice round-to-nearest operations) and in Triton's CPU interpret
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from tests.triton_interpreter import needs_triton, run_in_interpreter
 
 from rtpose.errors import RtposeError
 from rtpose.postprocess.detection import select_detections_fixed, select_detections_torch
-
-needs_triton = pytest.mark.skipif(
-    importlib.util.find_spec("triton") is None, reason="Triton is not installed"
-)
 
 
 def _inputs(seed: int, images: int, anchors: int, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,14 +59,8 @@ def test_one_kernel_nms_keeps_the_torch_boxes_on_the_gpu() -> None:
 
 @needs_triton
 def test_one_kernel_nms_keeps_the_torch_boxes_in_the_interpreter() -> None:
-    # the interpreter is chosen when a kernel is defined: a fresh process, run from the repository root
     code = "from tests.postprocess.test_nms_triton import _compare; _compare('cpu')"
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    root = Path(__file__).resolve().parents[2]
-    done = subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    run_in_interpreter(code)
 
 
 @needs_triton

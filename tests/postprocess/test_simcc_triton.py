@@ -3,23 +3,14 @@ the rows of the torch functions it replaces: on the GPU and in Triton's CPU inte
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from tests.triton_interpreter import needs_triton, run_in_interpreter
 
 from rtpose.errors import RtposeError
 from rtpose.pipelines.topdown import _pack_rows
 from rtpose.postprocess.simcc import decode_simcc
 from rtpose.preprocess.affine import boxes_to_affine_matrices, invert_affine_matrices, transform_points
-
-needs_triton = pytest.mark.skipif(
-    importlib.util.find_spec("triton") is None, reason="Triton is not installed"
-)
 
 
 def _compare(device: str) -> None:
@@ -50,14 +41,8 @@ def test_one_kernel_simcc_rows_equal_the_torch_rows_on_the_gpu() -> None:
 
 @needs_triton
 def test_one_kernel_simcc_rows_equal_the_torch_rows_in_the_interpreter() -> None:
-    # the interpreter is chosen when a kernel is defined: a fresh process, run from the repository root
     code = "from tests.postprocess.test_simcc_triton import _compare; _compare('cpu')"
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    root = Path(__file__).resolve().parents[2]
-    done = subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    run_in_interpreter(code)
 
 
 @needs_triton

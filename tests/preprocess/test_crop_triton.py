@@ -3,14 +3,9 @@ on the GPU (libdevice round-to-nearest operations) and in Triton's CPU interpret
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from tests.triton_interpreter import needs_triton, run_in_interpreter
 
 from rtpose.errors import RtposeError
 from rtpose.preprocess.affine import boxes_to_affine_matrices, invert_affine_matrices
@@ -85,22 +80,16 @@ def test_one_kernel_crops_equal_the_torch_crops_on_the_gpu() -> None:
     _compare_inverse("cuda")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
+@needs_triton
 def test_one_kernel_crops_equal_the_torch_crops_in_the_interpreter() -> None:
-    # the interpreter is chosen when a kernel is defined: a fresh process, run from the repository root
     code = (
         "from tests.preprocess.test_crop_triton import _compare, _compare_inverse; "
         "_compare('cpu', (3, 50, 70, 3), 5, (32, 24)); _compare_inverse('cpu')"
     )
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    root = Path(__file__).resolve().parents[2]
-    done = subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    run_in_interpreter(code)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
+@needs_triton
 def test_wrong_buffers_are_refused() -> None:
     from rtpose.preprocess.crop_triton import crop_normalize_triton
 
