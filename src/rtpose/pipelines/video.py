@@ -391,7 +391,7 @@ class Pipeline(StreamRunner):
         self._ahead: Batch | None = None  # the next step's batch, taken from the hub early
         # its frames, their plans and the model's handle of the step started for them
         self._launched: tuple[list[Frame], list[BoxesAndScores | None], Any] | None = None
-        #: steps whose detector was started ahead (for tests and diagnostics)
+        #: steps started ahead, detector or pose (for tests and diagnostics)
         self.steps_ahead = 0
         for source in sources:
             self.add_source(source)
@@ -519,7 +519,9 @@ class Pipeline(StreamRunner):
         the detector when every frame of it needs one, the pose model when every frame has boxes from
         the poses just settled (see `StreamTemporalState.settle`)."""
         model = self.model
-        if not self.look_ahead or self._ahead is not None or getattr(model, "launch_detect", None) is None:
+        launch_detect = getattr(model, "launch_detect", None)
+        launch_pose = getattr(model, "launch_pose", None)
+        if not self.look_ahead or self._ahead is not None or (launch_detect is None and launch_pose is None):
             return
         if not getattr(model, "launches_ahead", True):  # e.g. CPU engines: no frame is taken early
             return
@@ -531,10 +533,9 @@ class Pipeline(StreamRunner):
             return
         plans = self._plans(batch.frames)
         images = [frame.image for frame in batch.frames]
-        launch_pose = getattr(model, "launch_pose", None)
         try:
-            if all(plan is None for plan in plans):
-                handle = model.launch_detect(images)  # type: ignore[attr-defined]
+            if launch_detect is not None and all(plan is None for plan in plans):
+                handle = launch_detect(images)
             elif launch_pose is not None and all(plan is not None for plan in plans):
                 handle = launch_pose(images, [p[0] for p in plans], [p[1] for p in plans])  # type: ignore[index]
             else:
