@@ -93,6 +93,52 @@ def test_a_failing_request_fails_alone() -> None:
     thread.join(timeout=10)
 
 
+def test_a_pose_request_sent_ahead_is_answered_later_or_dropped() -> None:
+    """`launch_pose` sends the request at once (the worker tracks meanwhile); `pose_launched` reads the
+    answer; a request no longer wanted is read and dropped by `wait`, so the next call gets its own."""
+    model = RecordingModel()
+    server_end, worker_end = Pipe()
+    thread = _serve(model, [server_end], wait=0.0)
+    remote = RemoteFrameModel(worker_end)
+    frames = [scene_frame(3), scene_frame(7)]
+    boxes, scores = zip(*BlobModel().detect(frames), strict=True)
+    expected = BlobModel().pose(frames, list(boxes), list(scores))
+    launched = remote.launch_pose(frames, list(boxes), list(scores))
+    got = remote.pose_launched(launched)
+    assert [[p.to_json() for p in image] for image in got] == [
+        [p.to_json() for p in image] for image in expected
+    ]
+    remote.launch_pose(frames[:1], list(boxes[:1]), list(scores[:1])).wait()
+    assert len(remote.detect([frames[1]])) == 1  # the dropped answer is not read as this one's
+    failing = remote._send("detect", [np.full((120, 160, 3), 255, np.uint8)], [None])
+    failing.wait()  # an error answer, dropped quietly
+    assert model.pose_calls == [4, 2]  # boxes per call: two frames of two people, then one frame
+    remote.close()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+
+
+def test_a_worker_pipeline_sends_its_next_pose_request_before_tracking_with_the_same_results() -> None:
+    from rtpose.pipelines.video import Pipeline
+
+    frames = [scene_frame(i) for i in range(15)]
+
+    def run(ahead: bool) -> tuple[list, int]:
+        server_end, worker_end = Pipe()
+        thread = _serve(BlobModel(), [server_end], wait=0.0)
+        remote = RemoteFrameModel(worker_end)
+        with Pipeline(model=remote, det_interval=5, look_ahead=ahead) as pipe:
+            pipe.add_source(frames, name="a", fps=25)
+            records = [r.to_json() for r in pipe]
+        remote.close()
+        thread.join(timeout=10)
+        return records, pipe.steps_ahead
+
+    (plain, none_ahead), (ahead, steps_ahead) = run(False), run(True)
+    assert ahead == plain and len(plain) == 15
+    assert none_ahead == 0 and steps_ahead >= 10  # the 12 frames between detector frames, less the first
+
+
 def test_a_gone_server_is_model_gone() -> None:
     server_end, worker_end = Pipe()
     server_end.close()

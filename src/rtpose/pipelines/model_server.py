@@ -8,6 +8,8 @@ requests of all workers that are waiting with one batched model call: one contex
 engines, batches of all streams. Measured on the H100 (8 streams, 4 workers; docs/benchmarks.md) it is
 nevertheless slower than a model in every worker (344 vs 445 frames/s): this one thread waits for the
 GPU at every step, and the GPU idles while it does its host work; two steps in flight would remove that.
+The workers send their next pose request before their own tracking (`RemoteFrameModel.launch_pose`,
+the pipeline's look-ahead), so at least their host work overlaps the server's.
 
 Frames travel through shared memory (`FrameSlots`, one block per image of a request, reused while the
 frame size stays), everything else (boxes, the pose-candidate rules, the people found) through one pipe
@@ -143,40 +145,73 @@ class SharedFrames:
             block.close()
 
 
-class RemoteFrameModel:
-    """`FramePoseModel` of a worker: each call is one request to the model server."""
+class PendingReply:
+    """A request sent to the model server whose reply is still to be read (one per worker at a time)."""
 
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
-        self._slots = FrameSlots()
 
-    def detect(self, images: list[np.ndarray]) -> list[BoxesAndScores]:
-        return self._call("detect", images, [None] * len(images))
-
-    def pose(
-        self, images: list[np.ndarray], boxes: list[np.ndarray], scores: list[np.ndarray]
-    ) -> list[list[Person]]:
-        return self._call("pose", images, list(zip(boxes, scores, strict=True)))
-
-    def detect_and_pose(
-        self, images: list[np.ndarray], candidates: Sequence[SelectRule]
-    ) -> list[list[Person]]:
-        return self._call("detect_and_pose", images, list(candidates))
-
-    def close(self) -> None:
-        self._slots.close()
-        self._connection.close()
-
-    def _call(self, op: str, images: list[np.ndarray], args: list[Any]) -> Any:
-        refs = self._slots.put(images)
+    def answer(self) -> Any:
         try:
-            self._connection.send((op, refs, args))
             status, payload = self._connection.recv()
         except (EOFError, OSError) as exc:
             raise ModelGone(f"the model server has stopped ({type(exc).__name__})") from exc
         if status != "ok":
             raise RtposeError(payload)
         return payload
+
+    def wait(self) -> None:
+        """Read the reply without using it (a request started ahead that is no longer wanted)."""
+        with contextlib.suppress(RtposeError):
+            self.answer()
+
+
+class RemoteFrameModel:
+    """`FramePoseModel` of a worker: each call is one request to the model server.
+
+    A pose request may be sent before the worker's tracking (`launch_pose`, used by
+    `Pipeline(look_ahead=True)`): the server then answers it while the worker tracks."""
+
+    #: requests can be sent ahead (the pipeline's look-ahead takes frames early for them)
+    launches_ahead = True
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self._slots = FrameSlots()
+
+    def detect(self, images: list[np.ndarray]) -> list[BoxesAndScores]:
+        return self._send("detect", images, [None] * len(images)).answer()
+
+    def pose(
+        self, images: list[np.ndarray], boxes: list[np.ndarray], scores: list[np.ndarray]
+    ) -> list[list[Person]]:
+        return self.launch_pose(images, boxes, scores).answer()
+
+    def launch_pose(
+        self, images: list[np.ndarray], boxes: list[np.ndarray], scores: list[np.ndarray]
+    ) -> PendingReply:
+        """Send the request of `pose(images, boxes, scores)`; `pose_launched` reads its answer."""
+        return self._send("pose", images, list(zip(boxes, scores, strict=True)))
+
+    def pose_launched(self, launched: PendingReply) -> list[list[Person]]:
+        return launched.answer()
+
+    def detect_and_pose(
+        self, images: list[np.ndarray], candidates: Sequence[SelectRule]
+    ) -> list[list[Person]]:
+        return self._send("detect_and_pose", images, list(candidates)).answer()
+
+    def close(self) -> None:
+        self._slots.close()
+        self._connection.close()
+
+    def _send(self, op: str, images: list[np.ndarray], args: list[Any]) -> PendingReply:
+        refs = self._slots.put(images)  # the reply to the previous request has been read: slots are free
+        try:
+            self._connection.send((op, refs, args))
+        except (EOFError, OSError) as exc:
+            raise ModelGone(f"the model server has stopped ({type(exc).__name__})") from exc
+        return PendingReply(self._connection)
 
 
 def run_merged(model: FramePoseModel, op: str, images: list[np.ndarray], args: list[Any]) -> list[Any]:
