@@ -119,9 +119,6 @@ class LaunchedPose:
         """Wait for the step without using its answer."""
         self.rows.result()
 
-    def people(self) -> list[list[Person]]:
-        return _people_from_rows(self.rows.result(), self.counts)
-
 
 class TopDown:
     """Detector + top-down pose model.
@@ -339,13 +336,8 @@ class TopDown:
             raise RtposeError("launch_detect takes a list of images")
         self._timer.start()
         prepared = self._prepare_all(list(images), upload=False)
-        detect = self.detector.graph_step(prepared)
-        if detect is None:
-            return None
-        with self._timer.stage("pre"):
-            detect.frames.load(prepared)
-        detect.launch()
-        return LaunchedDetect(prepared, detect)
+        detect = self._start_detect(prepared)
+        return LaunchedDetect(prepared, detect) if detect is not None else None
 
     def predict_launched(
         self, launched: LaunchedDetect, *, select: SelectBoxes | None = None
@@ -364,32 +356,31 @@ class TopDown:
         images of one size only; None where they do not run: then call `predict_on_boxes_batch`).
         `predict_pose_launched` finishes it; the host may work meanwhile, but make no other call of this
         pipeline."""
-        from rtpose.pipelines import graphed
-
         scores = [None] * len(boxes) if scores is None else scores
         if not self.graphs or len(images) != len(boxes) or len(boxes) != len(scores):
             return None
         checked = [check_image(image) for image in images]
-        key = graphed.uniform_key(checked)
-        if key is None or any(is_torch(b) for b in boxes):
-            return None
-        box_sets = [_host_box_set(b, s) for b, s in zip(boxes, scores, strict=True)]
-        if sum(len(b) for b, _ in box_sets) == 0:
-            return None
-        frames = self._boxes_frames(key)
-        if frames is None:
+        found = self._step_box_sets(checked, boxes, scores)
+        if found is None or not any(len(b) for b, _ in found[1]):
             return None
         self._timer.start()
-        with self._timer.stage("pre"):
-            frames.load(checked)
-        return self._launch_pose_host_boxes(frames, box_sets)
+        return self._launch_on_box_sets(*found, checked)
 
     def predict_pose_launched(self, launched: LaunchedPose) -> list[list[Person]]:
         """The people of a `launch_pose_on_boxes`."""
-        with self._timer.stage("infer"):
-            people = launched.people()
+        people = self._collect_pose(launched)
         self.last_timings = self._timer.snapshot()
         return people
+
+    def _start_detect(self, images: list[Any]) -> Any:
+        """The detector's graph step for these images, loaded and launched (None: no step runs them)."""
+        assert self.detector is not None
+        detect = self.detector.graph_step(images)
+        if detect is not None:
+            with self._timer.stage("pre"):
+                detect.frames.load(images)
+            detect.launch()
+        return detect
 
     def _predict_graphed(
         self, images: list[Any], select: SelectBoxes | None, launched: Any = None
@@ -398,14 +389,9 @@ class TopDown:
         launched: the detector step started on these images already (`launch_detect`)."""
         import torch
 
-        assert self.detector is not None
-        detect = launched or self.detector.graph_step(images)
+        detect = launched or self._start_detect(images)
         if detect is None:
             return None
-        if launched is None:
-            with self._timer.stage("pre"):
-                detect.frames.load(images)
-            detect.launch()
         with self._timer.stage("infer"):
             slots = detect.collect()
             if slots is None:
@@ -515,30 +501,50 @@ class TopDown:
         self, images: list[Any], boxes: Sequence[Any], scores: Sequence[Any]
     ) -> list[list[Person]] | None:
         """`predict_on_boxes_batch` through pose-step replays, for host boxes on images of one size."""
+        found = self._step_box_sets(images, boxes, scores)
+        if found is None:
+            return None
+        key, box_sets = found
+        if not any(len(b) for b, _ in box_sets):
+            return [[] for _ in images]
+        launched = self._launch_on_box_sets(key, box_sets, images)
+        return self._collect_pose(launched) if launched is not None else None
+
+    def _step_box_sets(
+        self, images: list[Any], boxes: Sequence[Any], scores: Sequence[Any]
+    ) -> tuple[tuple[int, int, int], list[tuple[np.ndarray, np.ndarray]]] | None:
+        """(images, height, width) and host (boxes, scores) per image for pose steps on given boxes;
+        None where the steps cannot take them (images of several sizes, boxes on the device)."""
         from rtpose.pipelines import graphed
 
         key = graphed.uniform_key(images)
         if key is None or any(is_torch(b) for b in boxes):
             return None
-        box_sets = [_host_box_set(b, s) for b, s in zip(boxes, scores, strict=True)]
-        if sum(len(b) for b, _ in box_sets) == 0:
-            return [[] for _ in images]
+        return key, [_host_box_set(b, s) for b, s in zip(boxes, scores, strict=True)]
+
+    def _launch_on_box_sets(
+        self, key: tuple[int, int, int], box_sets: list[tuple[np.ndarray, np.ndarray]], images: list[Any]
+    ) -> LaunchedPose | None:
+        """Load the images into the frame buffer of `key` and start the pose steps on these boxes (at
+        least one); None while the shape is too new (it runs op by op)."""
         frames = self._boxes_frames(key)
-        if frames is None:  # a shape seen for the first time runs op by op
+        if frames is None:
             return None
         with self._timer.stage("pre"):
             frames.load(images)
-        return self._pose_graphed_host_boxes(frames, box_sets)
+        return self._launch_pose_host_boxes(frames, box_sets)
 
     def _pose_graphed_host_boxes(
         self, frames: Any, box_sets: list[tuple[np.ndarray, np.ndarray]]
     ) -> list[list[Person]] | None:
         """Pose-step replays on the images loaded in `frames` for host (boxes, scores) per image."""
-        if sum(len(b) for b, _ in box_sets) == 0:
+        if not any(len(b) for b, _ in box_sets):
             return [[] for _ in box_sets]
         launched = self._launch_pose_host_boxes(frames, box_sets)
-        if launched is None:
-            return None
+        return self._collect_pose(launched) if launched is not None else None
+
+    def _collect_pose(self, launched: LaunchedPose) -> list[list[Person]]:
+        """The people of a launched pose step (waits for its rows)."""
         with self._timer.stage("infer"):
             rows = launched.rows.result()
         with self._timer.stage("post"):
