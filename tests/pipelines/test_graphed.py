@@ -243,6 +243,15 @@ def test_a_launched_pose_step_gives_the_people_of_the_step_on_boxes(
         assert launched is not None and launched.counts == [2, 0, 1]
         assert _json(steps.predict_pose_launched(launched)) == expected
     assert _json(steps.predict_on_boxes_batch(frames, boxes, scores)) == expected
+    twin = steps.twin()  # same engines and detector, pose steps of its own: both may have one in flight
+    assert twin.pose_engine is steps.pose_engine and twin.detector is steps.detector and twin.graphs
+    twin.predict_on_boxes_batch(frames, boxes, scores)
+    first, second = (
+        steps.launch_pose_on_boxes(frames, boxes, scores),
+        twin.launch_pose_on_boxes(frames, boxes, scores),
+    )
+    assert first is not None and second is not None
+    assert _json(steps.predict_pose_launched(first)) == _json(twin.predict_pose_launched(second)) == expected
 
 
 @pytest.mark.parametrize(

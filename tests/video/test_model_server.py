@@ -139,6 +139,92 @@ def test_a_worker_pipeline_sends_its_next_pose_request_before_tracking_with_the_
     assert none_ahead == 0 and steps_ahead >= 10  # the 12 frames between detector frames, less the first
 
 
+class LaunchingModel(BlobModel):
+    """`BlobModel` that can launch pose steps (the answer is computed at once), logging which instance."""
+
+    def __init__(self, log: list, name: str, fail: bool = False) -> None:
+        super().__init__()
+        self.log, self.name, self.fail = log, name, fail
+
+    def launch_pose(self, images: list, boxes: list, scores: list) -> list:
+        self.log.append(("launch", self.name))
+        return self.pose(images, boxes, scores)
+
+    def pose_launched(self, handle: list) -> list:
+        self.log.append(("answer", self.name))
+        if self.fail:
+            raise RtposeError("lost")
+        return handle
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_with_a_twin_pose_steps_alternate_and_are_answered_after_the_next_launch(fail: bool) -> None:
+    """Two workers' pipelines against a server with a twin: the records of a plain server, pose steps
+    launched on the two instances in turn; a launched step that fails is served again the plain way."""
+    from rtpose.pipelines.video import Pipeline
+
+    streams = {"a": [scene_frame(i) for i in range(12)], "b": [scene_frame(i + 3) for i in range(12)]}
+
+    def run(twin: bool) -> tuple[dict, list]:
+        log: list = []
+        ends = [Pipe() for _ in streams]
+        model = LaunchingModel(log, "A", fail) if twin else BlobModel()
+        spare = LaunchingModel(log, "B", fail) if twin else None
+        server = ModelServer(model, [e[0] for e in ends], batch_wait=0.001, twin=spare)
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        records: dict = {}
+
+        def worker(name: str, connection) -> None:
+            remote = RemoteFrameModel(connection)
+            with Pipeline(model=remote, det_interval=4) as pipe:
+                pipe.add_source(streams[name], name=name, fps=25)
+                records[name] = [r.to_json() for r in pipe]
+            remote.close()
+
+        workers = [
+            threading.Thread(target=worker, args=(n, e[1])) for n, e in zip(streams, ends, strict=True)
+        ]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(timeout=30)
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+        return records, log
+
+    plain, _ = run(False)
+    records, log = run(True)
+    assert records == plain and all(len(r) == 12 for r in records.values())
+    launches = [name for kind, name in log if kind == "launch"]
+    assert len(launches) >= 8 and launches[:4] == ["A", "B", "A", "B"]
+
+
+def test_a_launched_step_is_answered_once_the_next_one_is_launched() -> None:
+    log: list = []
+    (server_a, worker_a), (server_b, worker_b) = Pipe(), Pipe()
+    server = ModelServer(LaunchingModel(log, "A"), [server_a, server_b], twin=LaunchingModel(log, "B"))
+    frames = [scene_frame(2)]
+    boxes, scores = BlobModel().detect(frames)[0]
+    expected = [[p.to_json() for p in image] for image in BlobModel().pose(frames, [boxes], [scores])]
+    slots_a, slots_b = FrameSlots(), FrameSlots()
+    try:
+        server._step({server_a: ("pose", slots_a.put(frames), [(boxes, scores)])})
+        assert log == [("launch", "A")] and not worker_a.poll()  # in flight, not answered yet
+        server._step({server_b: ("pose", slots_b.put(frames), [(boxes, scores)])})
+        assert log == [("launch", "A"), ("launch", "B"), ("answer", "A")]
+        assert worker_a.poll() and not worker_b.poll()
+        server._answer_in_flight()
+        for worker in (worker_a, worker_b):
+            status, people = worker.recv()
+            assert status == "ok" and [[p.to_json() for p in image] for image in people] == expected
+        assert server.stats["steps"] == 2 and server.stats["frames"] == 2
+    finally:
+        server._frames.close()
+        slots_a.close()
+        slots_b.close()
+
+
 def test_a_gone_server_is_model_gone() -> None:
     server_end, worker_end = Pipe()
     server_end.close()

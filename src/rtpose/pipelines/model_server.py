@@ -9,7 +9,10 @@ engines, batches of all streams. Measured on the H100 (8 streams, 4 workers; doc
 nevertheless slower than a model in every worker (344 vs 445 frames/s): this one thread waits for the
 GPU at every step, and the GPU idles while it does its host work; two steps in flight would remove that.
 The workers send their next pose request before their own tracking (`RemoteFrameModel.launch_pose`,
-the pipeline's look-ahead), so at least their host work overlaps the server's.
+the pipeline's look-ahead), so their host work overlaps the server's. On CUDA the server also keeps a
+twin of its models (`TopDownFrameModel.twin`: the same engines, graph steps of its own): pose steps
+alternate between the two and are launched without waiting, and a step's answers are read and sent
+once the next step runs (`ModelServer(twin=...)`).
 
 Frames travel through shared memory (`FrameSlots`, one block per image of a request, reused while the
 frame size stays), everything else (boxes, the pose-candidate rules, the people found) through one pipe
@@ -225,6 +228,19 @@ def run_merged(model: FramePoseModel, op: str, images: list[np.ndarray], args: l
     raise RtposeError(f"unknown model-server operation {op!r}")
 
 
+Request = tuple[Connection, list[np.ndarray], list[Any]]  # who asked, the frames, an argument per frame
+
+
+@dataclass
+class _InFlight:
+    """A pose step launched for these requests on `model`, answered once the next step is launched."""
+
+    requests: list[Request]
+    model: FramePoseModel
+    handle: Any
+    began: float
+
+
 class ModelServer:
     """The serving loop over one pipe per worker (see the module docstring).
 
@@ -234,6 +250,10 @@ class ModelServer:
     power of two with frames that get no pose (empty box sets), so the steps stay few (they are kept
     for 4 sizes; requests merged freely would need one for every count and recapture in turn);
     pin_frames reads the frames from shared memory registered as page-locked (no staging copy).
+    twin: the same models with graph steps of their own (`TopDownFrameModel.twin`). Steps of pose
+    requests then alternate between the two and are launched without waiting (`launch_pose`): the
+    answers of one step are read and sent while the next one runs on the GPU, and the requests of the
+    next are read while this one runs. Detector steps stay synchronous.
     """
 
     def __init__(
@@ -244,12 +264,16 @@ class ModelServer:
         *,
         pad_batches: bool = False,
         pin_frames: bool = False,
+        twin: FramePoseModel | None = None,
     ) -> None:
         self.model = model
         self.batch_wait = float(batch_wait)
         self.pad_batches = pad_batches
         self._workers = {connection: index for index, connection in enumerate(connections)}
         self._frames = SharedFrames(pin=pin_frames)
+        self._models = [model] if twin is None else [model, twin]
+        self._turn = 0
+        self._in_flight: _InFlight | None = None
         #: what the server did: model steps, requests and frames answered, seconds spent answering
         self.stats: dict[str, Any] = {"steps": 0, "requests": 0, "frames": 0, "busy_s": 0.0}
         #: the same per second of `time.monotonic()` (a clock all processes of the machine share):
@@ -262,12 +286,15 @@ class ModelServer:
         pending: dict[Connection, tuple] = {}
         deadline = 0.0
         try:
-            while open_ or pending:
+            while open_ or pending or self._in_flight is not None:
                 listening = [c for c in open_ if c not in pending]
-                timeout = None if not pending else max(0.0, deadline - time.monotonic())
-                ready = (
-                    wait(listening, timeout=timeout) if listening and (timeout is None or timeout > 0) else []
-                )
+                if pending:
+                    timeout: float | None = max(0.0, deadline - time.monotonic())
+                elif self._in_flight is not None:
+                    timeout = 0.0  # only look for requests that are there: a step waits to be answered
+                else:
+                    timeout = None
+                ready = wait(listening, timeout=timeout) if listening else []
                 for connection in ready:
                     try:
                         request = connection.recv()
@@ -278,25 +305,31 @@ class ModelServer:
                     if not pending:
                         deadline = time.monotonic() + self.batch_wait
                     pending[connection] = request
-                if pending and (len(pending) >= len(open_) or time.monotonic() >= deadline):
-                    began = time.monotonic()
-                    self._serve(pending)
-                    self._record(pending, began, time.monotonic() - began)
+                # workers whose request is in flight cannot ask again before their answer
+                flying = {c for c, _, _ in self._in_flight.requests} if self._in_flight is not None else set()
+                if pending and (len(pending) >= len(open_ - flying) or time.monotonic() >= deadline):
+                    self._step(pending)
                     pending = {}
+                elif self._in_flight is not None and not ready:
+                    self._answer_in_flight()
         finally:
+            with contextlib.suppress(Exception):
+                self._answer_in_flight()
             self._frames.close()
 
-    def _record(self, pending: dict[Connection, tuple], began: float, busy: float) -> None:
-        frames = sum(len(request[1]) for request in pending.values())
-        for key, value in (("steps", 1), ("requests", len(pending)), ("frames", frames), ("busy_s", busy)):
+    def _record(self, requests: Sequence[Request], began: float, busy: float) -> None:
+        frames = sum(len(images) for _, images, _ in requests)
+        for key, value in (("steps", 1), ("requests", len(requests)), ("frames", frames), ("busy_s", busy)):
             self.stats[key] += value
         second = self.timeline.setdefault(int(began), [0, 0, 0.0])
         second[0], second[1], second[2] = second[0] + 1, second[1] + frames, second[2] + busy
         if len(self.timeline) > 3600:
             del self.timeline[min(self.timeline)]
 
-    def _serve(self, pending: dict[Connection, tuple]) -> None:
-        by_op: dict[str, list[tuple[Connection, list[np.ndarray], list[Any]]]] = {}
+    def _step(self, pending: dict[Connection, tuple]) -> None:
+        """Answer (or, pose requests with a twin, launch) the requests that came."""
+        began = time.monotonic()
+        by_op: dict[str, list[Request]] = {}
         for connection, (op, refs, args) in pending.items():
             worker = self._workers[connection]
             try:
@@ -305,28 +338,74 @@ class ModelServer:
                 self._reply(connection, ("error", f"model server could not read the frames: {exc}"))
                 continue
             by_op.setdefault(op, []).append((connection, images, args))
+        if len(self._models) > 1 and list(by_op) == ["pose"] and self._launch(by_op["pose"], began):
+            return
+        self._answer_in_flight()  # before a synchronous step: one model's buffers at a time
         for op, requests in by_op.items():
-            images = [image for _, request_images, _ in requests for image in request_images]
-            args = [arg for _, _, request_args in requests for arg in request_args]
-            if self.pad_batches:
-                images, args = _padded(op, images, args)
-            try:
-                merged = run_merged(self.model, op, images, args)
-            except Exception as exc:
-                if len(requests) == 1:
-                    self._reply(requests[0][0], ("error", _error_text(exc)))
-                    continue
-                logger.debug("merged %s of %d requests failed (%s); each alone", op, len(requests), exc)
-                for connection, images, args in requests:
-                    try:
-                        self._reply(connection, ("ok", run_merged(self.model, op, images, args)))
-                    except Exception as alone:
-                        self._reply(connection, ("error", _error_text(alone)))
-                continue
-            start = 0
-            for connection, images, _ in requests:
-                self._reply(connection, ("ok", merged[start : start + len(images)]))
-                start += len(images)
+            self._serve(op, requests)
+            self._record(requests, began, time.monotonic() - began)
+
+    def _merged(self, op: str, requests: Sequence[Request]) -> tuple[list[np.ndarray], list[Any]]:
+        images = [image for _, request_images, _ in requests for image in request_images]
+        args = [arg for _, _, request_args in requests for arg in request_args]
+        return _padded(op, images, args) if self.pad_batches else (images, args)
+
+    def _serve(self, op: str, requests: Sequence[Request], model: FramePoseModel | None = None) -> None:
+        """One synchronous model call for these requests, or each alone when the merged call fails."""
+        model = model or self.model
+        try:
+            merged = run_merged(model, op, *self._merged(op, requests))
+        except Exception as exc:
+            if len(requests) == 1:
+                self._reply(requests[0][0], ("error", _error_text(exc)))
+                return
+            logger.debug("merged %s of %d requests failed (%s); each alone", op, len(requests), exc)
+            for connection, images, args in requests:
+                try:
+                    self._reply(connection, ("ok", run_merged(model, op, images, args)))
+                except Exception as alone:
+                    self._reply(connection, ("error", _error_text(alone)))
+            return
+        self._answer(requests, merged)
+
+    def _answer(self, requests: Sequence[Request], merged: list[Any]) -> None:
+        start = 0
+        for connection, images, _ in requests:
+            self._reply(connection, ("ok", merged[start : start + len(images)]))
+            start += len(images)
+
+    def _launch(self, requests: list[Request], began: float) -> bool:
+        """Launch the pose step of these requests on the model whose turn it is, then answer the step in
+        flight (on the other model); False where the model cannot launch it (the caller serves it)."""
+        model = self._models[self._turn]
+        launch = getattr(model, "launch_pose", None)
+        if launch is None:
+            return False
+        images, args = self._merged("pose", requests)
+        try:
+            handle = launch(images, [a[0] for a in args], [a[1] for a in args])
+        except Exception as exc:  # served the plain way, which reports it
+            logger.debug("could not launch a pose step (%s)", exc)
+            handle = None
+        if handle is None:
+            return False
+        self._turn = (self._turn + 1) % len(self._models)
+        self._answer_in_flight()
+        self._in_flight = _InFlight(requests, model, handle, began)
+        return True
+
+    def _answer_in_flight(self) -> None:
+        flight, self._in_flight = self._in_flight, None
+        if flight is None:
+            return
+        try:
+            merged = flight.model.pose_launched(flight.handle)  # type: ignore[attr-defined]
+        except Exception as exc:
+            logger.debug("a launched pose step failed (%s); its requests are served again", exc)
+            self._serve("pose", flight.requests, flight.model)
+        else:
+            self._answer(flight.requests, merged)
+        self._record(flight.requests, flight.began, time.monotonic() - flight.began)
 
     def _reply(self, connection: Connection, message: tuple) -> None:
         with contextlib.suppress(OSError):  # the worker is gone; its pipe's EOF is seen next round
@@ -371,7 +450,8 @@ def server_main(
         return
     control.send(("ready", -1, None))
     cuda = str(build.get("device", "cpu")).startswith("cuda")
-    server = ModelServer(model, connections, batch_wait, pad_batches=cuda, pin_frames=cuda)
+    twin = model.twin() if cuda and hasattr(model, "twin") else None  # two pose steps in flight
+    server = ModelServer(model, connections, batch_wait, pad_batches=cuda, pin_frames=cuda, twin=twin)
     try:
         server.run()
     finally:

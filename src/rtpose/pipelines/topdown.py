@@ -218,6 +218,14 @@ class TopDown:
         self.graphs = use_graphs(graphs, self.processing, engine)
         self._frames: Any = None  # graphed.StepCache of FrameBuffers (given boxes), made on first use
 
+    def twin(self) -> TopDown:
+        """A pipeline on the same engines and detector with graph steps on given boxes of its own: while
+        a pose step launched on one (`launch_pose_on_boxes`) runs, the other can launch the next."""
+        return TopDown.from_engines(
+            self.pose_engine, self.pose_spec, self.detector, max_batch=self.max_batch,
+            processing=self.processing, profile=self.profile, graphs=self.graphs,
+        )  # fmt: skip
+
     # -- public API ---------------------------------------------------------------------------------
     def __call__(self, image: Any) -> list[Person]:
         """Every person in a `(H, W, 3) uint8` BGR image (array or tensor) or in encoded image bytes."""

@@ -117,6 +117,10 @@ class TopDownFrameModel:
         """The people of a `launch_pose`."""
         return self.topdown.predict_pose_launched(launched)
 
+    def twin(self) -> TopDownFrameModel:
+        """The same models with pose steps of their own (`TopDown.twin`), for a second step in flight."""
+        return TopDownFrameModel(self.topdown.twin())
+
     def prepare(self, height: int, width: int, batch_sizes: Sequence[int]) -> int:
         """Make the CUDA-graph steps for frames of this size now (`TopDown.prepare_graphs`)."""
         return int(self.topdown.prepare_graphs(height, width, batch_sizes))
