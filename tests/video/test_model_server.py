@@ -225,6 +225,74 @@ def test_a_launched_step_is_answered_once_the_next_one_is_launched() -> None:
         slots_b.close()
 
 
+class Finished(list):
+    """A launched step's answer that says when it is done (like `LaunchedPose.ready`)."""
+
+    def __init__(self, people: list, done: threading.Event) -> None:
+        super().__init__(people)
+        self.done = done
+
+    def ready(self) -> bool:
+        return self.done.is_set()
+
+
+def test_detect_and_pose_requests_join_the_launched_pose_step() -> None:
+    """With a twin, a step holding a detect-and-pose and a pose request runs the detector on the first
+    and launches one pose step for both: the answers of plain serving."""
+    log: list = []
+    (server_a, worker_a), (server_b, worker_b) = Pipe(), Pipe()
+    model = LaunchingModel(log, "A")
+    server = ModelServer(model, [server_a, server_b], twin=LaunchingModel(log, "B"))
+    frame_a, frame_b = scene_frame(3), scene_frame(7)
+    boxes, scores = BlobModel().detect([frame_b])[0]
+    rule = PoseCandidates()
+    want_a = BlobModel().pose([frame_a], *[[x] for x in BlobModel().detect([frame_a])[0]])
+    want_b = BlobModel().pose([frame_b], [boxes], [scores])
+    slots_a, slots_b = FrameSlots(), FrameSlots()
+    try:
+        server._step({
+            server_a: ("detect_and_pose", slots_a.put([frame_a]), [rule]),
+            server_b: ("pose", slots_b.put([frame_b]), [(boxes, scores)]),
+        })  # fmt: skip
+        boxes_a = len(BlobModel().detect([frame_a])[0][0])
+        assert model.detect_calls == [1] and log == [("launch", "A")]
+        assert model.pose_calls == [boxes_a + len(boxes)]  # one pose call for both requests
+        server._answer_in_flight()
+        for worker, want in ((worker_a, want_a), (worker_b, want_b)):
+            status, people = worker.recv()
+            assert status == "ok"
+            assert [[p.to_json() for p in i] for i in people] == [[p.to_json() for p in i] for i in want]
+    finally:
+        server._frames.close()
+        slots_a.close()
+        slots_b.close()
+
+
+def test_a_launched_step_that_says_it_is_done_is_answered_without_a_new_request() -> None:
+    done = threading.Event()
+
+    class Pollable(LaunchingModel):
+        def launch_pose(self, images: list, boxes: list, scores: list) -> Finished:
+            return Finished(super().launch_pose(images, boxes, scores), done)
+
+    log: list = []
+    server_end, worker_end = Pipe()
+    server = ModelServer(Pollable(log, "A"), [server_end], twin=Pollable(log, "B"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    remote = RemoteFrameModel(worker_end)
+    frames = [scene_frame(4)]
+    boxes, scores = BlobModel().detect(frames)[0]
+    pending = remote.launch_pose(frames, [boxes], [scores])
+    assert not worker_end.poll(0.3)  # launched, not finished: no answer, though no other request comes
+    done.set()
+    assert worker_end.poll(5)
+    assert [len(p) for p in remote.pose_launched(pending)] == [len(boxes)]
+    remote.close()
+    thread.join(timeout=10)
+    assert not thread.is_alive() and log == [("launch", "A"), ("answer", "A")]
+
+
 def test_a_gone_server_is_model_gone() -> None:
     server_end, worker_end = Pipe()
     server_end.close()

@@ -228,6 +228,9 @@ def run_merged(model: FramePoseModel, op: str, images: list[np.ndarray], args: l
     raise RtposeError(f"unknown model-server operation {op!r}")
 
 
+#: how often the serving loop looks whether a launched step has finished while it waits for requests
+_POLL_S = 0.0002
+
 Request = tuple[Connection, list[np.ndarray], list[Any]]  # who asked, the frames, an argument per frame
 
 
@@ -239,6 +242,14 @@ class _InFlight:
     model: FramePoseModel
     handle: Any
     began: float
+
+    @property
+    def pollable(self) -> bool:
+        """Whether the handle says when it has finished (else it is answered when no request waits)."""
+        return callable(getattr(self.handle, "ready", None))
+
+    def finished(self) -> bool:
+        return self.pollable and bool(self.handle.ready())
 
 
 class ModelServer:
@@ -253,7 +264,10 @@ class ModelServer:
     twin: the same models with graph steps of their own (`TopDownFrameModel.twin`). Steps of pose
     requests then alternate between the two and are launched without waiting (`launch_pose`): the
     answers of one step are read and sent while the next one runs on the GPU, and the requests of the
-    next are read while this one runs. Detector steps stay synchronous.
+    next are read while this one runs. Requests for both models join that pose step once the detector
+    has run on their frames (synchronously; then each frame's rule chooses the boxes to pose).
+    prepare_graphs: capture every graph step a frame size can need when the size first comes
+    (`TopDownFrameModel.prepare`, both models).
     """
 
     def __init__(
@@ -265,8 +279,11 @@ class ModelServer:
         pad_batches: bool = False,
         pin_frames: bool = False,
         twin: FramePoseModel | None = None,
+        prepare_graphs: bool = False,
     ) -> None:
         self.model = model
+        self.prepare_graphs = prepare_graphs
+        self._prepared: set[tuple[int, ...]] = set()
         self.batch_wait = float(batch_wait)
         self.pad_batches = pad_batches
         self._workers = {connection: index for index, connection in enumerate(connections)}
@@ -287,13 +304,17 @@ class ModelServer:
         deadline = 0.0
         try:
             while open_ or pending or self._in_flight is not None:
+                if self._in_flight is not None and self._in_flight.finished():
+                    self._answer_in_flight()  # its workers wait: answer before anything else
                 listening = [c for c in open_ if c not in pending]
+                polling = self._in_flight is not None and self._in_flight.pollable
+                timeout: float | None = None
                 if pending:
-                    timeout: float | None = max(0.0, deadline - time.monotonic())
-                elif self._in_flight is not None:
-                    timeout = 0.0  # only look for requests that are there: a step waits to be answered
-                else:
-                    timeout = None
+                    timeout = max(0.0, deadline - time.monotonic())
+                elif self._in_flight is not None:  # look for requests, then answer the step
+                    timeout = _POLL_S if polling else 0.0
+                if polling and timeout is not None:
+                    timeout = min(timeout, _POLL_S)
                 ready = wait(listening, timeout=timeout) if listening else []
                 for connection in ready:
                     try:
@@ -310,7 +331,7 @@ class ModelServer:
                 if pending and (len(pending) >= len(open_ - flying) or time.monotonic() >= deadline):
                     self._step(pending)
                     pending = {}
-                elif self._in_flight is not None and not ready:
+                elif self._in_flight is not None and not ready and not polling:
                     self._answer_in_flight()
         finally:
             with contextlib.suppress(Exception):
@@ -338,12 +359,57 @@ class ModelServer:
                 self._reply(connection, ("error", f"model server could not read the frames: {exc}"))
                 continue
             by_op.setdefault(op, []).append((connection, images, args))
-        if len(self._models) > 1 and list(by_op) == ["pose"] and self._launch(by_op["pose"], began):
-            return
+        if self.prepare_graphs:
+            self._prepare({i.shape[:2] for rs in by_op.values() for _, images, _ in rs for i in images})
+        if len(self._models) > 1 and set(by_op) <= {"pose", "detect_and_pose"}:
+            to_pose = by_op.get("pose", []) + self._detected(by_op.get("detect_and_pose", []), began)
+            if not to_pose or self._launch(to_pose, began):
+                return
+            by_op = {"pose": to_pose}
         self._answer_in_flight()  # before a synchronous step: one model's buffers at a time
         for op, requests in by_op.items():
             self._serve(op, requests)
             self._record(requests, began, time.monotonic() - began)
+
+    def _prepare(self, shapes: set[tuple[int, ...]]) -> None:
+        """Capture every CUDA-graph step a frame size can need (each padded batch size, both models)
+        when it comes first: captured lazily, they kept coming for a minute of the H100 run as rarer
+        combinations of requests turned up, each capture holding up every worker."""
+        for shape in shapes - self._prepared:
+            self._prepared.add(shape)
+            began = time.monotonic()
+            largest = 1 << (max(1, len(self._workers)) - 1).bit_length()
+            sizes = [size for size in (1, 2, 4, 8, 16, 32, 64) if size <= largest][-4:]  # StepCache keeps 4
+            made = 0
+            for model in self._models:
+                prepare = getattr(model, "prepare", None)
+                if prepare is not None:
+                    made += int(prepare(int(shape[0]), int(shape[1]), sizes))
+            logger.info("model server: %d CUDA-graph steps for %dx%d frames in %.1f s", made, shape[1],
+                        shape[0], time.monotonic() - began)  # fmt: skip
+
+    def _detected(self, requests: list[Request], began: float) -> list[Request]:
+        """The detector on the frames of these detect-and-pose requests (one synchronous call), each
+        image's rule applied to its detections: the same requests as pose requests on the chosen boxes,
+        so that their pose step joins the one launched for the pose requests. Where the detector fails
+        they are served the plain way (each alone) and left out."""
+        if not requests:
+            return []
+        try:
+            rules = [rule for _, _, request_rules in requests for rule in request_rules]
+            found = self.model.detect(self._merged("detect", requests)[0])  # padding last, unread
+            chosen = [rule(*boxes) for rule, boxes in zip(rules, found[: len(rules)], strict=True)]
+        except Exception as exc:
+            logger.debug("detector step of %d requests failed (%s); served alone", len(requests), exc)
+            self._answer_in_flight()
+            self._serve("detect_and_pose", requests)
+            self._record(requests, began, time.monotonic() - began)
+            return []
+        as_pose, start = [], 0
+        for connection, request_images, _ in requests:
+            as_pose.append((connection, request_images, chosen[start : start + len(request_images)]))
+            start += len(request_images)
+        return as_pose
 
     def _merged(self, op: str, requests: Sequence[Request]) -> tuple[list[np.ndarray], list[Any]]:
         images = [image for _, request_images, _ in requests for image in request_images]
@@ -451,7 +517,9 @@ def server_main(
     control.send(("ready", -1, None))
     cuda = str(build.get("device", "cpu")).startswith("cuda")
     twin = model.twin() if cuda and hasattr(model, "twin") else None  # two pose steps in flight
-    server = ModelServer(model, connections, batch_wait, pad_batches=cuda, pin_frames=cuda, twin=twin)
+    server = ModelServer(
+        model, connections, batch_wait, pad_batches=cuda, pin_frames=cuda, twin=twin, prepare_graphs=cuda
+    )
     try:
         server.run()
     finally:

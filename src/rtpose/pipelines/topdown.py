@@ -102,6 +102,10 @@ class PendingRows:
         self._event = torch.cuda.Event()
         self._event.record()
 
+    def ready(self) -> bool:
+        """Whether `result` would return without waiting."""
+        return self._event is None or bool(self._event.query())
+
     def result(self) -> np.ndarray:
         if self._event is not None:
             self._event.synchronize()
@@ -118,6 +122,10 @@ class LaunchedPose:
     def wait(self) -> None:
         """Wait for the step without using its answer."""
         self.rows.result()
+
+    def ready(self) -> bool:
+        """Whether the step has finished (its answer can be read without waiting)."""
+        return self.rows.ready()
 
 
 class TopDown:
