@@ -119,6 +119,31 @@ def test_select_poses_the_chosen_detections_only(
         assert _graph_steps(pipeline)[0] == 1 and pipeline._frames is None  # the detector's frames served
 
 
+def test_a_pose_step_launched_on_detections_answers_as_predict_batch_with_select(
+    engines: dict, frames: list[np.ndarray]
+) -> None:
+    """`launch_detect`, then `launch_pose_on_detections` (the model server's detector frames) or
+    `launched_detections`: the people of `predict_batch(select=)` and the detector's own boxes."""
+    steps = _pipeline(engines, graphs=True)
+    expected = _json(steps.predict_batch(frames, select=_every_other))
+    detections = steps.detector.detect_batch(frames)
+    for _ in range(2):  # the first launch may find no step yet (None); then the steps exist
+        launched = steps.launch_detect(frames)
+        if launched is None:
+            steps.predict_batch(frames, select=_every_other)
+            continue
+        pose = steps.launch_pose_on_detections(launched, _every_other)
+        assert pose is not None and _json(steps.predict_pose_launched(pose)) == expected
+    launched = steps.launch_detect(frames)
+    assert launched is not None
+    for (boxes, scores), (want_boxes, want_scores) in zip(steps.launched_detections(launched), detections,
+                                                          strict=True):  # fmt: skip
+        np.testing.assert_array_equal(boxes, np.asarray(want_boxes))
+        np.testing.assert_array_equal(scores, np.asarray(want_scores))
+    nobody = steps.launch_pose_on_detections(steps.launch_detect(frames), lambda i, b, s: (b[:0], s[:0]))
+    assert nobody is not None and steps.predict_pose_launched(nobody) == [[] for _ in frames]
+
+
 def test_more_persons_than_the_largest_bucket_run_in_chunks(
     engines: dict, frames: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
 ) -> None:

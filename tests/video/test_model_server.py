@@ -150,6 +150,17 @@ class LaunchingModel(BlobModel):
         self.log.append(("launch", self.name))
         return self.pose(images, boxes, scores)
 
+    def launch_detect(self, images: list) -> tuple:
+        return images, self.detect(images)
+
+    def launched_detections(self, launched: tuple) -> list:
+        return launched[1]
+
+    def launch_pose_on_detections(self, launched: tuple, candidates: list) -> list:
+        images, found = launched
+        chosen = [rule(*boxes) for rule, boxes in zip(candidates, found, strict=True)]
+        return self.launch_pose(images, [c[0] for c in chosen], [c[1] for c in chosen])
+
     def pose_launched(self, handle: list) -> list:
         self.log.append(("answer", self.name))
         if self.fail:
@@ -262,6 +273,31 @@ def test_detect_and_pose_requests_join_the_launched_pose_step() -> None:
             status, people = worker.recv()
             assert status == "ok"
             assert [[p.to_json() for p in i] for i in people] == [[p.to_json() for p in i] for i in want]
+    finally:
+        server._frames.close()
+        slots_a.close()
+        slots_b.close()
+
+
+def test_detect_and_pose_requests_alone_launch_the_pose_step_on_the_detections() -> None:
+    log: list = []
+    (server_a, worker_a), (server_b, worker_b) = Pipe(), Pipe()
+    model = LaunchingModel(log, "A")
+    server = ModelServer(model, [server_a, server_b], twin=LaunchingModel(log, "B"))
+    frames = [scene_frame(3), scene_frame(8)]
+    want = BlobModel().pose(frames, *zip(*BlobModel().detect(frames), strict=True))
+    slots_a, slots_b = FrameSlots(), FrameSlots()
+    try:
+        server._step({
+            server_a: ("detect_and_pose", slots_a.put(frames[:1]), [PoseCandidates()]),
+            server_b: ("detect_and_pose", slots_b.put(frames[1:]), [PoseCandidates()]),
+        })  # fmt: skip
+        assert model.detect_calls == [2] and log == [("launch", "A")] and not worker_a.poll()
+        server._answer_in_flight()
+        for worker, expected in ((worker_a, want[:1]), (worker_b, want[1:])):
+            status, people = worker.recv()
+            assert status == "ok"
+            assert [[p.to_json() for p in i] for i in people] == [[p.to_json() for p in i] for i in expected]
     finally:
         server._frames.close()
         slots_a.close()

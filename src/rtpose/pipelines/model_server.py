@@ -242,6 +242,7 @@ class _InFlight:
     model: FramePoseModel
     handle: Any
     began: float
+    op: str = "pose"  # how its requests are served again should the launched step fail
 
     @property
     def pollable(self) -> bool:
@@ -362,7 +363,10 @@ class ModelServer:
         if self.prepare_graphs:
             self._prepare({i.shape[:2] for rs in by_op.values() for _, images, _ in rs for i in images})
         if len(self._models) > 1 and set(by_op) <= {"pose", "detect_and_pose"}:
-            to_pose = by_op.get("pose", []) + self._detected(by_op.get("detect_and_pose", []), began)
+            detect = by_op.get("detect_and_pose", [])
+            if detect and "pose" not in by_op and self._launch_after_detect(detect, began):
+                return
+            to_pose = by_op.get("pose", []) + self._detected(detect, began)
             if not to_pose or self._launch(to_pose, began):
                 return
             by_op = {"pose": to_pose}
@@ -397,7 +401,7 @@ class ModelServer:
             return []
         try:
             rules = [rule for _, _, request_rules in requests for rule in request_rules]
-            found = self.model.detect(self._merged("detect", requests)[0])  # padding last, unread
+            found = self._detections(self._merged("detect", requests)[0])  # padding last, unread
             chosen = [rule(*boxes) for rule, boxes in zip(rules, found[: len(rules)], strict=True)]
         except Exception as exc:
             logger.debug("detector step of %d requests failed (%s); served alone", len(requests), exc)
@@ -410,6 +414,47 @@ class ModelServer:
             as_pose.append((connection, request_images, chosen[start : start + len(request_images)]))
             start += len(request_images)
         return as_pose
+
+    def _detections(self, images: list[np.ndarray]) -> list[BoxesAndScores]:
+        """The detector on these images. The step in flight is answered meanwhile: its GPU work comes
+        first on the stream, so the detector's answer cannot come sooner anyway."""
+        launch = getattr(self.model, "launch_detect", None)
+        read = getattr(self.model, "launched_detections", None)
+        launched = launch(images) if launch is not None and read is not None else None
+        self._answer_in_flight()
+        found = read(launched) if launched is not None else None  # type: ignore[misc]
+        return found if found is not None else self.model.detect(images)
+
+    def _launch_after_detect(self, requests: list[Request], began: float) -> bool:
+        """Detect-and-pose requests alone: start the detector, answer the step in flight while it runs,
+        then launch the pose step on the chosen detections, on the frames the detector read (False where
+        the model cannot; the caller serves them)."""
+        model = self._models[self._turn]
+        launch = getattr(model, "launch_detect", None)
+        go_on = getattr(model, "launch_pose_on_detections", None)
+        if launch is None or go_on is None:
+            return False
+        images, rules = self._merged("detect_and_pose", requests)
+        try:
+            detect = launch(images)
+        except Exception as exc:  # served the plain way, which reports it
+            logger.debug("could not launch a detector step (%s)", exc)
+            return False
+        if detect is None:
+            return False
+        self._answer_in_flight()
+        try:
+            handle = go_on(detect, rules)
+        except Exception as exc:
+            logger.debug("could not launch a pose step on detections (%s)", exc)
+            handle = None
+        if handle is None:  # the detector's answer is used up: the plain way from the start
+            self._serve("detect_and_pose", requests)
+            self._record(requests, began, time.monotonic() - began)
+            return True
+        self._turn = (self._turn + 1) % len(self._models)
+        self._in_flight = _InFlight(requests, model, handle, began, "detect_and_pose")
+        return True
 
     def _merged(self, op: str, requests: Sequence[Request]) -> tuple[list[np.ndarray], list[Any]]:
         images = [image for _, request_images, _ in requests for image in request_images]
@@ -468,7 +513,7 @@ class ModelServer:
             merged = flight.model.pose_launched(flight.handle)  # type: ignore[attr-defined]
         except Exception as exc:
             logger.debug("a launched pose step failed (%s); its requests are served again", exc)
-            self._serve("pose", flight.requests, flight.model)
+            self._serve(flight.op, flight.requests, flight.model)
         else:
             self._answer(flight.requests, merged)
         self._record(flight.requests, flight.began, time.monotonic() - flight.began)

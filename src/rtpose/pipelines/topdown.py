@@ -403,7 +403,6 @@ class TopDown:
     ) -> list[list[Person]] | None:
         """Detector and pose stages as graph replays (None: the eager path must answer this call);
         launched: the detector step started on these images already (`launch_detect`)."""
-        import torch
 
         detect = launched or self._start_detect(images)
         if detect is None:
@@ -419,15 +418,32 @@ class TopDown:
                 boxes, scores, index = slots.boxes[:n], slots.scores[:n], slots.image_index[:n]
                 rows = self._pose_rows(detect.frames, boxes, scores, index)
             else:  # the boxes come to the host (one copy) to be chosen; the images stay loaded
-                found = torch.cat([slots.boxes[:n], slots.scores[:n, None]], 1).cpu().numpy()
-                per_image = np.split(found, np.cumsum(slots.counts)[:-1])
-                chosen = [_host_box_set(*select(i, f[:, :4], f[:, 4])) for i, f in enumerate(per_image)]
+                chosen = _chosen_box_sets(slots, select)
         if select is not None:
             return self._pose_graphed_host_boxes(detect.frames, chosen)
         if rows is None:
             return None
         with self._timer.stage("post"):
             return _people_from_rows(rows, slots.counts)
+
+    def launched_detections(self, launched: LaunchedDetect) -> list[tuple[np.ndarray, np.ndarray]] | None:
+        """The detections of a `launch_detect` on the host: (boxes (M_i, 4), scores (M_i,)) float32 per
+        image (waits for the detector; None where its step cannot answer: then call `predict_batch`)."""
+        slots = launched.step.collect()
+        return None if slots is None else _chosen_box_sets(slots, lambda i, boxes, scores: (boxes, scores))
+
+    def launch_pose_on_detections(self, launched: LaunchedDetect, select: SelectBoxes) -> LaunchedPose | None:
+        """Go on with a `launch_detect`: wait for the detections, choose those to pose with
+        `select(i, boxes, scores)` and start the pose step on them, on the frames the detector read (no
+        second upload). `predict_pose_launched` ends it, as `predict_launched(select=)` would have. None
+        where no step can run it; the detector's answer is used up, so call `predict_batch` then."""
+        slots = launched.step.collect()
+        if slots is None:
+            return None
+        chosen = _chosen_box_sets(slots, select)
+        if not any(len(b) for b, _ in chosen):
+            return LaunchedPose([0] * len(chosen), PendingRows(_no_rows()))
+        return self._launch_pose_host_boxes(launched.step.frames, chosen)
 
     def _pose_rows(self, frames: Any, boxes: Any, scores: Any, image_index: Any) -> np.ndarray | None:
         """Rows of all persons (device tensors) on the images of `frames` (None: no step can run)."""
@@ -733,6 +749,23 @@ def _box_count(boxes_xyxy: Any, scores: Any) -> int:
     return count
 
 
+def _chosen_box_sets(slots: Any, select: SelectBoxes) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The detections of a detector step's `PersonSlots` on the host (one copy), chosen per image by
+    `select(i, boxes, scores)`."""
+    import torch
+
+    n = slots.total
+    found = torch.cat([slots.boxes[:n], slots.scores[:n, None]], 1).cpu().numpy()
+    per_image = np.split(found, np.cumsum(slots.counts)[:-1])
+    return [_host_box_set(*select(i, f[:, :4], f[:, 4])) for i, f in enumerate(per_image)]
+
+
+def _no_rows() -> Any:
+    import torch
+
+    return torch.zeros((0, 5), dtype=torch.float32)
+
+
 def _host_box_set(boxes_xyxy: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
     """Validated host (boxes (M, 4) float32, scores (M,) float32) of one image (scores default to 1)."""
     count = _box_count(boxes_xyxy, scores)
@@ -750,6 +783,8 @@ def _pack_rows(xp: Any, boxes: Any, scores: Any, keypoints: Any, keypoint_scores
 
 
 def _people_from_rows(rows: np.ndarray, counts: list[int]) -> list[list[Person]]:
+    if len(rows) == 0:
+        return [[] for _ in counts]
     keypoints = rows[:, 5:].reshape(len(rows), -1, 3)
     people: list[list[Person]] = []
     start = 0

@@ -108,6 +108,16 @@ class TopDownFrameModel:
             return self.topdown.predict_launched(launched, select=select)
         return self.topdown.predict_batch(images, select=select)
 
+    def launched_detections(self, launched: Any) -> list[BoxesAndScores] | None:
+        """The detections of a `launch_detect` (waits; None: call `detect_and_pose` instead)."""
+        return self.topdown.launched_detections(launched)
+
+    def launch_pose_on_detections(self, launched: Any, candidates: Sequence[SelectRule]) -> Any:
+        """Go on with a `launch_detect`: `candidates[i]` chooses the detections of image i, whose pose
+        step starts on the frames the detector read; `pose_launched` ends it (None: the detector's answer
+        is used up and the step cannot run; call `detect_and_pose` instead)."""
+        return self.topdown.launch_pose_on_detections(launched, lambda i, b, s: candidates[i](b, s))
+
     def launch_pose(self, images: list[np.ndarray], boxes: list[np.ndarray], scores: list[np.ndarray]) -> Any:
         """Start `pose(images, boxes, scores)` and return at once (None where it cannot run ahead);
         `pose_launched` ends it."""
