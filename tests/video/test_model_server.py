@@ -329,6 +329,30 @@ def test_a_launched_step_that_says_it_is_done_is_answered_without_a_new_request(
     assert not thread.is_alive() and log == [("launch", "A"), ("answer", "A")]
 
 
+def test_a_step_takes_at_most_step_requests_and_the_rest_go_next() -> None:
+    """Four requests waiting, two per step: two pose steps in turn on the two models, each of two
+    frames, every worker answered."""
+    log: list = []
+    ends = [Pipe() for _ in range(4)]
+    model, twin = LaunchingModel(log, "A"), LaunchingModel(log, "B")
+    server = ModelServer(model, [e[0] for e in ends], batch_wait=0.5, twin=twin, step_requests=2)
+    frame = scene_frame(6)
+    boxes, scores = BlobModel().detect([frame])[0]
+    remotes = [RemoteFrameModel(e[1]) for e in ends]
+    pending = [remote.launch_pose([frame], [boxes], [scores]) for remote in remotes]  # all wait already
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    answers = [remote.pose_launched(p) for remote, p in zip(remotes, pending, strict=True)]
+    for remote in remotes:
+        remote.close()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert [len(a[0]) for a in answers] == [len(boxes)] * 4
+    assert [e for e in log if e[0] == "launch"] == [("launch", "A"), ("launch", "B")]
+    assert model.pose_calls == twin.pose_calls == [2 * len(boxes)]  # two frames per step
+    assert server.stats["steps"] == 2 and server.stats["frames"] == 4
+
+
 def test_a_gone_server_is_model_gone() -> None:
     server_end, worker_end = Pipe()
     server_end.close()

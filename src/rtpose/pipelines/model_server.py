@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import sys
 import time
@@ -269,6 +270,8 @@ class ModelServer:
     has run on their frames (synchronously; then each frame's rule chooses the boxes to pose).
     prepare_graphs: capture every graph step a frame size can need when the size first comes
     (`TopDownFrameModel.prepare`, both models).
+    step_requests: the most requests one step takes (None: all that wait). With a twin, half the workers
+    keeps two steps in turn: one runs on the GPU while the other's workers track and send again.
     """
 
     def __init__(
@@ -281,8 +284,10 @@ class ModelServer:
         pin_frames: bool = False,
         twin: FramePoseModel | None = None,
         prepare_graphs: bool = False,
+        step_requests: int | None = None,
     ) -> None:
         self.model = model
+        self.step_requests = step_requests
         self.prepare_graphs = prepare_graphs
         self._prepared: set[tuple[int, ...]] = set()
         self.batch_wait = float(batch_wait)
@@ -329,9 +334,12 @@ class ModelServer:
                     pending[connection] = request
                 # workers whose request is in flight cannot ask again before their answer
                 flying = {c for c, _, _ in self._in_flight.requests} if self._in_flight is not None else set()
-                if pending and (len(pending) >= len(open_ - flying) or time.monotonic() >= deadline):
-                    self._step(pending)
-                    pending = {}
+                wanted = min(len(open_ - flying), self.step_requests or len(open_))
+                if pending and (len(pending) >= wanted or time.monotonic() >= deadline):
+                    taken = list(pending)[: self.step_requests or len(pending)]
+                    self._step({connection: pending.pop(connection) for connection in taken})
+                    if pending:  # requests left for the next step: it goes as soon as it may
+                        deadline = time.monotonic()
                 elif self._in_flight is not None and not ready and not polling:
                     self._answer_in_flight()
         finally:
@@ -562,9 +570,11 @@ def server_main(
     control.send(("ready", -1, None))
     cuda = str(build.get("device", "cpu")).startswith("cuda")
     twin = model.twin() if cuda and hasattr(model, "twin") else None  # two pose steps in flight
+    split = os.environ.get("RTPOSE_SERVER_STEP")  # experiment: most requests per step
     server = ModelServer(
-        model, connections, batch_wait, pad_batches=cuda, pin_frames=cuda, twin=twin, prepare_graphs=cuda
-    )
+        model, connections, batch_wait, pad_batches=cuda, pin_frames=cuda, twin=twin, prepare_graphs=cuda,
+        step_requests=int(split) if split else None,
+    )  # fmt: skip
     try:
         server.run()
     finally:
