@@ -105,3 +105,23 @@ class ImageResult:
         if self.error is not None:
             out["error"] = self.error
         return out
+
+
+def people_from_rows(rows: np.ndarray, counts: list[int]) -> list[list[Person]]:
+    """People from pose rows (m, 5 + 3K): box x1, y1, x2, y2, score, then x, y, score per keypoint;
+    `counts[i]` rows belong to image i, in order."""
+    if len(rows) == 0:
+        return [[] for _ in counts]
+    keypoints = rows[:, 5:].reshape(len(rows), -1, 3)
+    people: list[list[Person]] = []
+    start = 0
+    for count in counts:
+        people.append([
+            Person(
+                bbox=rows[i, :4].copy(), score=float(rows[i, 4]),
+                keypoints=keypoints[i, :, :2].copy(), keypoint_scores=keypoints[i, :, 2].copy(),
+            )
+            for i in range(start, start + count)
+        ])  # fmt: skip
+        start += count
+    return people

@@ -168,10 +168,23 @@ class LaunchingModel(BlobModel):
         return handle
 
 
-@pytest.mark.parametrize("fail", [False, True])
-def test_with_a_twin_pose_steps_alternate_and_are_answered_after_the_next_launch(fail: bool) -> None:
+class RowsModel(LaunchingModel):
+    """`LaunchingModel` whose launched steps answer as pose rows (`TopDownFrameModel.rows_launched`)."""
+
+    def rows_launched(self, handle: list) -> tuple:
+        people = self.pose_launched(handle)
+        rows = [np.concatenate([p.bbox, [p.score], np.column_stack([p.keypoints, p.keypoint_scores]).ravel()])
+                for image in people for p in image]  # fmt: skip
+        return np.array(rows, np.float32).reshape(len(rows), -1), [len(image) for image in people]
+
+
+@pytest.mark.parametrize(("fail", "rows"), [(False, False), (True, False), (False, True), (True, True)])
+def test_with_a_twin_pose_steps_alternate_and_are_answered_after_the_next_launch(
+    fail: bool, rows: bool
+) -> None:
     """Two workers' pipelines against a server with a twin: the records of a plain server, pose steps
-    launched on the two instances in turn; a launched step that fails is served again the plain way."""
+    launched on the two instances in turn; a launched step that fails is served again the plain way.
+    rows: the launched steps answer as pose rows, which the workers turn into people."""
     from rtpose.pipelines.video import Pipeline
 
     streams = {"a": [scene_frame(i) for i in range(12)], "b": [scene_frame(i + 3) for i in range(12)]}
@@ -179,8 +192,9 @@ def test_with_a_twin_pose_steps_alternate_and_are_answered_after_the_next_launch
     def run(twin: bool) -> tuple[dict, list]:
         log: list = []
         ends = [Pipe() for _ in streams]
-        model = LaunchingModel(log, "A", fail) if twin else BlobModel()
-        spare = LaunchingModel(log, "B", fail) if twin else None
+        kind = RowsModel if rows else LaunchingModel
+        model = kind(log, "A", fail) if twin else BlobModel()
+        spare = kind(log, "B", fail) if twin else None
         server = ModelServer(model, [e[0] for e in ends], batch_wait=0.001, twin=spare)
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()

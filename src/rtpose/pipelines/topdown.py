@@ -63,7 +63,7 @@ from rtpose.preprocess.affine import (
     warp_crops_numpy,
 )
 from rtpose.preprocess.normalize import normalization_tensors, normalize_numpy
-from rtpose.types import ImageResult, Person
+from rtpose.types import ImageResult, Person, people_from_rows
 
 __all__ = ["Detector", "TopDown"]
 
@@ -382,6 +382,15 @@ class TopDown:
         self._timer.start()
         return self._launch_on_box_sets(*found, checked)
 
+    def pose_rows_launched(self, launched: LaunchedPose) -> tuple[np.ndarray, list[int]]:
+        """The answer of a `launch_pose_on_boxes` as it comes from the GPU: rows (m, 5 + 3K) float32 of
+        box, score and (x, y, score) per keypoint, and how many rows belong to each image
+        (`types.people_from_rows` makes the people; a model server sends the rows instead)."""
+        with self._timer.stage("infer"):
+            rows = launched.rows.result()
+        self.last_timings = self._timer.snapshot()
+        return rows, launched.counts
+
     def predict_pose_launched(self, launched: LaunchedPose) -> list[list[Person]]:
         """The people of a `launch_pose_on_boxes`."""
         people = self._collect_pose(launched)
@@ -424,7 +433,7 @@ class TopDown:
         if rows is None:
             return None
         with self._timer.stage("post"):
-            return _people_from_rows(rows, slots.counts)
+            return people_from_rows(rows, slots.counts)
 
     def launched_detections(self, launched: LaunchedDetect) -> list[tuple[np.ndarray, np.ndarray]] | None:
         """The detections of a `launch_detect` on the host: (boxes (M_i, 4), scores (M_i,)) float32 per
@@ -580,7 +589,7 @@ class TopDown:
         with self._timer.stage("infer"):
             rows = launched.rows.result()
         with self._timer.stage("post"):
-            return _people_from_rows(rows, launched.counts)
+            return people_from_rows(rows, launched.counts)
 
     def _launch_pose_host_boxes(
         self, frames: Any, box_sets: list[tuple[np.ndarray, np.ndarray]]
@@ -662,7 +671,7 @@ class TopDown:
             rows = self._pose_torch(images, box_sets, counts)
         else:
             rows = self._pose_numpy(images, box_sets, counts)
-        return _people_from_rows(rows, counts)
+        return people_from_rows(rows, counts)
 
     def _pose_numpy(
         self, images: list[np.ndarray], box_sets: list[tuple[Any, Any]], counts: list[int]
@@ -780,21 +789,3 @@ def _pack_rows(xp: Any, boxes: Any, scores: Any, keypoints: Any, keypoint_scores
     cat = np.concatenate if xp is np else xp.cat
     keypoint_part = cat([as32(keypoints), as32(keypoint_scores)[..., None]], -1).reshape(n, -1)
     return cat([as32(boxes), as32(scores).reshape(n, 1), keypoint_part], 1)
-
-
-def _people_from_rows(rows: np.ndarray, counts: list[int]) -> list[list[Person]]:
-    if len(rows) == 0:
-        return [[] for _ in counts]
-    keypoints = rows[:, 5:].reshape(len(rows), -1, 3)
-    people: list[list[Person]] = []
-    start = 0
-    for count in counts:
-        people.append([
-            Person(
-                bbox=rows[i, :4].copy(), score=float(rows[i, 4]),
-                keypoints=keypoints[i, :, :2].copy(), keypoint_scores=keypoints[i, :, 2].copy(),
-            )
-            for i in range(start, start + count)
-        ])  # fmt: skip
-        start += count
-    return people

@@ -127,6 +127,10 @@ class TopDownFrameModel:
         """The people of a `launch_pose`."""
         return self.topdown.predict_pose_launched(launched)
 
+    def rows_launched(self, launched: Any) -> tuple[np.ndarray, list[int]]:
+        """The answer of a `launch_pose` as pose rows and rows per image (`types.people_from_rows`)."""
+        return self.topdown.pose_rows_launched(launched)
+
     def twin(self) -> TopDownFrameModel:
         """The same models with pose steps of their own (`TopDown.twin`), for a second step in flight."""
         return TopDownFrameModel(self.topdown.twin())
