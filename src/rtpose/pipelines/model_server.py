@@ -5,14 +5,17 @@ worker's steps are small (its own 1-2 frames), each holds a CUDA context and a c
 the contexts take turns on the GPU. With a server, the workers keep what parallelises on the CPU
 (decoding, tracking, smoothing, drawing, encoding) and send their frames here; the server answers the
 requests of all workers that are waiting with one batched model call: one context, one copy of the
-engines, batches of all streams. Measured on the H100 (8 streams, 4 workers; docs/benchmarks.md) it is
-nevertheless slower than a model in every worker (344 vs 445 frames/s): this one thread waits for the
-GPU at every step, and the GPU idles while it does its host work; two steps in flight would remove that.
-The workers send their next pose request before their own tracking (`RemoteFrameModel.launch_pose`,
-the pipeline's look-ahead), so their host work overlaps the server's. On CUDA the server also keeps a
-twin of its models (`TopDownFrameModel.twin`: the same engines, graph steps of its own): pose steps
-alternate between the two and are launched without waiting, and a step's answers are read and sent
-once the next step runs (`ModelServer(twin=...)`).
+engines, batches of all streams. A first version, one step at a time, was slower than a model in every
+worker on the H100 (344 vs 445 frames/s, 4 workers): its one thread waited for the GPU at every step and
+the GPU idled during its host work. Now the workers send their next pose request before their own
+tracking (`RemoteFrameModel.launch_pose`, the pipeline's look-ahead), and on CUDA the server keeps a twin
+of its models (`TopDownFrameModel.twin`: the same engines, graph steps of their own) so that two steps
+are in flight, each of half the workers' requests: one runs on the GPU while the other's workers track.
+Steps that need the detector are launched too, every graph step of a frame size is captured when the
+size first comes, and launched steps answer with pose rows (the workers make the people). Same host, 8
+workers (docs/benchmarks.md): 914.8 vs 919.0 frames/s against models in every worker at
+`--det-interval 5`, 799.3 vs 891.1 every frame; on par at best, so workers with their own models stay
+the default.
 
 Frames travel through shared memory (`FrameSlots`, one block per image of a request, reused while the
 frame size stays), everything else (boxes, the pose-candidate rules, the people found) through one pipe
@@ -239,7 +242,8 @@ Request = tuple[Connection, list[np.ndarray], list[Any]]  # who asked, the frame
 
 @dataclass
 class _InFlight:
-    """A pose step launched for these requests on `model`, answered once the next step is launched."""
+    """A pose step launched for these requests on `model`, answered when it says it has finished or
+    once the next step is launched, whichever comes first."""
 
     requests: list[Request]
     model: FramePoseModel
