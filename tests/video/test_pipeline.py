@@ -430,3 +430,28 @@ def test_no_frame_is_taken_early_for_a_model_that_cannot_start_anything_ahead() 
         results = list(pipe)
     assert len(results) == 6 and model.launched == 0 and pipe.steps_ahead == 0
     assert False not in calls  # only the step's own, complete-or-timeout takes
+
+
+def test_a_stream_whose_end_was_taken_ahead_is_still_reported_when_stopped() -> None:
+    """Stopped right after a stream's last result, the step taken ahead may hold the stream's end (and
+    no frame): that end is reported, not lost; a stream with frames taken ahead but not run is stopped."""
+    for _ in range(5):  # the reader must have reached the end when the last step looks ahead
+        model = _LaunchingModel()
+        with Pipeline(model=model, det_interval=1) as pipe:
+            pipe.add_source([scene_frame(i) for i in range(3)], name="a", fps=25)
+            for result in pipe.results(stop_when_idle=False):
+                if result.frame == 2:
+                    time.sleep(0.05)
+                    pipe.stop()
+        ends = {end.stream: (end.reason, end.frames) for end in pipe.ended}
+        assert ends == {"a": ("finished", 3)} or ends == {"a": ("stopped", 3)}
+
+
+def test_frames_taken_ahead_and_never_run_leave_their_stream_stopped() -> None:
+    model = _LaunchingModel()
+    with Pipeline(model=model, det_interval=1) as pipe:
+        pipe.add_source([scene_frame(i) for i in range(6)], name="a", fps=25)
+        for result in pipe.results(stop_when_idle=False):
+            if result.frame == 1:
+                pipe.stop()
+    assert [(end.stream, end.reason, end.frames) for end in pipe.ended] == [("a", "stopped", 2)]
