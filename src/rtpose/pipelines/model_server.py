@@ -273,7 +273,7 @@ class ModelServer:
     requests then alternate between the two and are launched without waiting (`launch_pose`): the
     answers of one step are read and sent while the next one runs on the GPU, and the requests of the
     next are read while this one runs. Requests for both models join that pose step once the detector
-    has run on their frames (synchronously; then each frame's rule chooses the boxes to pose).
+    has run on their frames and each frame's rule has chosen the boxes to pose.
     prepare_graphs: capture every graph step a frame size can need when the size first comes
     (`TopDownFrameModel.prepare`, both models).
     step_requests: the most requests one step takes (None: all that wait). With a twin, half the workers
@@ -363,7 +363,7 @@ class ModelServer:
             del self.timeline[min(self.timeline)]
 
     def _step(self, pending: dict[Connection, tuple]) -> None:
-        """Answer (or, pose requests with a twin, launch) the requests that came."""
+        """Answer the requests that came, or with a twin launch their pose step (answered later)."""
         began = time.monotonic()
         by_op: dict[str, list[Request]] = {}
         for connection, (op, refs, args) in pending.items():
@@ -407,7 +407,7 @@ class ModelServer:
                         shape[0], time.monotonic() - began)  # fmt: skip
 
     def _detected(self, requests: list[Request], began: float) -> list[Request]:
-        """The detector on the frames of these detect-and-pose requests (one synchronous call), each
+        """The detector on the frames of these detect-and-pose requests (the host waits for it), each
         image's rule applied to its detections: the same requests as pose requests on the chosen boxes,
         so that their pose step joins the one launched for the pose requests. Where the detector fails
         they are served the plain way (each alone) and left out."""

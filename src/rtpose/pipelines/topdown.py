@@ -412,7 +412,6 @@ class TopDown:
     ) -> list[list[Person]] | None:
         """Detector and pose stages as graph replays (None: the eager path must answer this call);
         launched: the detector step started on these images already (`launch_detect`)."""
-
         detect = launched or self._start_detect(images)
         if detect is None:
             return None
