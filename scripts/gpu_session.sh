@@ -8,6 +8,7 @@
 #   bash scripts/gpu_session.sh bench      # rtpose bench --preset gpu (pose, detector, staged + public pipeline)
 #   bash scripts/gpu_session.sh precision  # fp16/bf16 vs fp32 with the real models (three processes at once)
 #   bash scripts/gpu_session.sh video      # 8 streams of the street video, det-interval 1 and 5, + baseline
+#   bash scripts/gpu_session.sh server     # model server vs models in every worker, on one host, 8 streams
 #   bash scripts/gpu_session.sh profile    # torch.profiler over TopDown.predict_batch (kernels, syncs)
 set -uo pipefail
 OUT="${OUT:-runs/gpu}"
@@ -64,11 +65,27 @@ case "${1:-}" in
       --det-interval 1 5 --out "$OUT/video_c.json" > "$OUT/video_c.log" 2>&1
     grep -h '^{' "$OUT"/video_*.log
     ;;
+  server)
+    # Same-host A/B (hosts differ by up to 43%): rows alternate, each within what is left of ~9.5 minutes.
+    # RTPOSE_SERVER_STEP=N in the environment sets the most requests per server step (default: half).
+    args=(--device cuda --backend compiled --precision fp16 --pose rtmpose-m --pose-weights random --streams 8
+          --warmup 40 --skip quality memory --frames 1500 --workers 8 --mps on)
+    # the first row builds the engines in its warm-up (the server alone first), outside the timed part
+    start=$SECONDS
+    for row in "5 on" "5 off" "1 on" "1 off"; do
+      set -- $row
+      left=$((570 - (SECONDS - start)))
+      [ "$left" -lt 45 ] && { echo "no time left for --det-interval $1 --model-server $2"; continue; }
+      timeout "$left" python -m rtpose.benchmarks.video_bench "${args[@]}" --det-interval "$1" --model-server "$2" \
+        --out "$OUT/server_i$1_$2.json" > "$OUT/server_i$1_$2.log" 2>&1
+    done
+    grep -h '^{' "$OUT"/server_i*.log
+    ;;
   profile)
     timeout 420 python scripts/profile_topdown.py --device cuda --backend compiled --precision fp16 2>&1 | tail -45
     ;;
   *)
-    echo "usage: $0 tests|diag|bench|precision|video|profile" >&2
+    echo "usage: $0 tests|diag|bench|precision|video|server|profile" >&2
     exit 2
     ;;
 esac
