@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
 import sys
 import time
@@ -46,6 +45,7 @@ import numpy as np
 
 from rtpose.errors import RtposeError
 from rtpose.pipelines.video import BoxesAndScores, FramePoseModel, ModelGone, SelectRule, detect_and_pose
+from rtpose.settings import environment_count
 from rtpose.types import Person, people_from_rows
 
 logger = logging.getLogger("rtpose.video")
@@ -584,6 +584,7 @@ def server_main(
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's; the server ends with its workers
     try:
+        step_requests = environment_count("RTPOSE_SERVER_STEP", minimum=1)  # an experiment's setting
         limit_threads(threads)
         model = build_frame_model(**build)
     except BaseException as exc:
@@ -594,10 +595,11 @@ def server_main(
     twin = model.twin() if cuda and hasattr(model, "twin") else None  # two pose steps in flight
     # with a twin, steps of half the workers each: one on the GPU while the other's workers work
     # (H100, 8 workers: +17% at --det-interval 5, +20% every frame against steps of every request)
-    step = os.environ.get("RTPOSE_SERVER_STEP") or (-(-len(connections) // 2) if twin is not None else 0)
+    if step_requests is None and twin is not None:
+        step_requests = -(-len(connections) // 2)
     server = ModelServer(
         model, connections, batch_wait, pad_batches=cuda, pin_frames=cuda, twin=twin, prepare_graphs=cuda,
-        step_requests=int(step) or None,
+        step_requests=step_requests,
     )  # fmt: skip
     try:
         server.run()

@@ -464,16 +464,17 @@ class Pipeline(StreamRunner):
             return
         self._closed = True
         self._drop_launched()
+        reported = {end.stream for end in self.ended}
         ahead, self._ahead = self._ahead, None
         if ahead is not None:  # taken from the hub for a step that will not run: its ends still count
             not_run = {frame.stream for frame in ahead.frames}
             for end in ahead.ended:
-                if any(done.stream == end.stream for done in self.ended):
+                if end.stream in reported:
                     continue
                 if end.stream in not_run:
                     end = StreamEnd(end.stream, "stopped", self.rates.get(end.stream, StreamRate()).frames)
                 self._end_stream(end)
-        reported = {end.stream for end in self.ended}
+                reported.add(end.stream)
         for name in self.hub.names():  # still open (stopped, or the caller left the loop): say so
             if name not in reported:
                 self._end_stream(StreamEnd(name, "stopped", self.rates.get(name, StreamRate()).frames))

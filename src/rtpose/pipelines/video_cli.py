@@ -17,6 +17,7 @@ from typing import Any, TextIO
 
 from rtpose.errors import RtposeError
 from rtpose.pipelines.video import Pipeline, stop_on_sigint
+from rtpose.settings import parse_count
 from rtpose.sources.stream_hub import StreamStats
 from rtpose.sources.video import DECODE_MODES
 from rtpose.tracking.one_euro import OneEuroParams
@@ -180,13 +181,7 @@ class StatusPrinter:
 def worker_count(requested: str, device: str, sources: int, cores: int | None = None) -> int:
     """The number of worker processes `--workers` asks for (see its help); bad values raise."""
     if requested != "auto":
-        try:
-            count = int(requested)
-        except ValueError:
-            raise RtposeError(f"--workers takes a number or 'auto', not {requested!r}") from None
-        if count < 1:
-            raise RtposeError(f"--workers must be at least 1, not {count}")
-        return count
+        return parse_count(requested, "--workers", 1, accepted="a number or 'auto'")
     if not str(device).startswith("cuda"):
         return 1
     cores = cores if cores is not None else os.cpu_count() or 1

@@ -23,6 +23,7 @@ import numpy as np
 
 from rtpose.decode.image import decode_image
 from rtpose.errors import RtposeError
+from rtpose.settings import environment_count
 from rtpose.sources.files import is_image_file
 
 logger = logging.getLogger("rtpose.video")
@@ -171,16 +172,7 @@ def open_video(spec: SourceSpec, decode: DecodeMode = "auto", timeout: float | N
 def decode_threads() -> int:
     """Threads per software decoder from RTPOSE_DECODE_THREADS (0 or unset: FFmpeg's own count, about
     one per core for every stream: with many streams on few cores they compete with the model loop)."""
-    value = os.environ.get("RTPOSE_DECODE_THREADS", "").strip()
-    if not value:
-        return 0
-    try:
-        threads = int(value)
-    except ValueError:
-        raise RtposeError(f"RTPOSE_DECODE_THREADS must be a whole number, not {value!r}") from None
-    if threads < 0:
-        raise RtposeError(f"RTPOSE_DECODE_THREADS must be >= 0, not {threads}")
-    return threads
+    return environment_count("RTPOSE_DECODE_THREADS", minimum=0) or 0
 
 
 def iter_decoded(opened: OpenedVideo) -> Iterator[tuple[np.ndarray, float]]:
