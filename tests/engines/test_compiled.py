@@ -223,7 +223,7 @@ def test_engine_key_changes_with_every_field() -> None:
     key = engine_cache.engine_key(base)
     for change in ({"precision": "bf16"}, {"weights_id": "v"}, {"buckets": [1, 2]}, {"torch": "0.0"},
                    {"device_name": "other"}, {"format_version": -1}, {"input_size": [64, 48]},
-                   {"variant": "int8-emulation"}):  # fmt: skip
+                   {"variant": "int8-emulation"}, {"depthwise": "tap-sum"}):  # fmt: skip
         assert engine_cache.engine_key({**base, **change}) != key, change
     assert engine_cache.engine_key(dict(reversed(base.items()))) == key
 

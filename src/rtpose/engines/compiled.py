@@ -2,7 +2,9 @@
 
 `build_engine` does what the TensorRT builder does, step by step:
 
-1. fold BatchNorm into convolutions (`engines.fold`), cast to fp32/fp16/bf16, channels_last weights;
+1. fold BatchNorm into convolutions (`engines.fold`); on CUDA, depthwise convolutions and the SiLU after
+   them become one Triton kernel each (`engines.depthwise`, where `DEPTHWISE_CUDA` says so); cast to
+   fp32/fp16/bf16, channels_last weights;
 2. `torch.export` a wrapper that takes the float32 batch, casts it to the engine precision inside the
    graph (Inductor fuses the cast into the first kernel) and returns float32 outputs for the decoders;
    the batch dimension is dynamic (1..largest bucket), so one package serves every batch size;
@@ -28,6 +30,7 @@ import copy
 import functools
 import hashlib
 import inspect
+import os
 import platform
 import sys
 import threading
@@ -46,12 +49,14 @@ from torch import nn
 
 from rtpose.engines import engine_cache
 from rtpose.engines.base import Engine
+from rtpose.engines.depthwise import fuse_depthwise_convs
 from rtpose.engines.fold import fold_batchnorm
 from rtpose.engines.onnx_export import output_names_for
 from rtpose.errors import EngineError
 from rtpose.models.factory import LoadedModel
 from rtpose.models.spec import ModelSpec
 from rtpose.models.weights import sha256_file
+from rtpose.triton_exact import triton
 
 Precision = Literal["fp32", "fp16", "bf16"]
 PRECISION_DTYPES: dict[str, torch.dtype] = {
@@ -69,12 +74,25 @@ DEFAULT_INDUCTOR_OPTIONS: dict[str, dict[str, Any]] = {
     "cuda": {"epilogue_fusion": True},
     "cpu": {},
 }
+#: How CUDA engines compute depthwise convolutions: "library" (cuDNN, its bias and activation in a second
+#: kernel) or "triton" (`engines.depthwise`: one kernel with the bias and SiLU). `RTPOSE_DEPTHWISE`
+#: overrides it (A/B measurements); CPU engines always use the library.
+DEPTHWISE_CUDA = "triton"
+DEPTHWISE_CHOICES = ("library", "triton")
 AUTOTUNE_CUDA: dict[str, Any] = {
     "max_autotune": True,
     "max_autotune_conv_backends": "ATEN,TRITON",
     "max_autotune_gemm_backends": "ATEN,TRITON",
     "epilogue_fusion": True,
 }
+
+
+def depthwise_choice(device: torch.device) -> str:
+    """How a build for `device` computes depthwise convolutions (see `DEPTHWISE_CUDA`)."""
+    chosen = os.environ.get("RTPOSE_DEPTHWISE", "").strip() or DEPTHWISE_CUDA
+    if chosen not in DEPTHWISE_CHOICES:
+        raise EngineError(f"RTPOSE_DEPTHWISE takes one of {', '.join(DEPTHWISE_CHOICES)}, not {chosen!r}")
+    return chosen if device.type == "cuda" and triton is not None else "library"
 
 
 def default_buckets(max_batch: int) -> tuple[int, ...]:
@@ -224,6 +242,7 @@ def build_fields(
     dynamic_batch: bool,
     inductor_options: Mapping[str, Any],
     variant: str = "float",
+    depthwise: str = "library",
 ) -> dict[str, Any]:
     """Everything the engine key covers (see `engine_cache`)."""
     return {
@@ -237,6 +256,7 @@ def build_fields(
         "buckets": list(buckets),
         "dynamic_batch": dynamic_batch,
         "channels_last": True,
+        "depthwise": depthwise,
         "inductor_options": dict(sorted(inductor_options.items())),
     }
 
@@ -253,6 +273,7 @@ def _compile_package(
     output_names: Sequence[str] | None,
     target: Path,
     stages: _Stages,
+    depthwise: str,
 ) -> dict[str, Any]:
     """Fold, export and AOT-compile `module` into the package `target`; returns sidecar facts."""
     height, width = spec.input_size
@@ -269,6 +290,7 @@ def _compile_package(
         with torch.no_grad():
             sample = folded(example[:1])
         names = resolve_output_names(spec, sample, output_names)
+        fused_depthwise = fuse_depthwise_convs(folded) if depthwise == "triton" else 0
         network = folded.to(PRECISION_DTYPES[precision]).to(memory_format=torch.channels_last)
         wrapper = _EngineWrapper(network, PRECISION_DTYPES[precision], names).eval()
 
@@ -299,6 +321,7 @@ def _compile_package(
         "input_shape": [3, height, width],
         "folded_pairs": len(report.pairs),
         "fold_max_abs_diff": report.max_abs_diff,
+        "fused_depthwise_convs": fused_depthwise,
         "example_batch": example_batch,
     }
 
@@ -331,9 +354,10 @@ def ensure_engine(
         )
     dev = _resolve_device(device)
     options = dict(DEFAULT_INDUCTOR_OPTIONS[dev.type] if inductor_options is None else inductor_options)
+    depthwise = depthwise_choice(dev)
     fields = build_fields(
         spec, device=dev, precision=precision, buckets=chosen, weights_id=weights_id,
-        dynamic_batch=dynamic_batch, inductor_options=options, variant=variant,
+        dynamic_batch=dynamic_batch, inductor_options=options, variant=variant, depthwise=depthwise,
     )  # fmt: skip
     path = engine_cache.engine_path(
         engine_cache.cache_root(cache_dir), spec.name, precision, engine_cache.engine_key(fields)
@@ -354,6 +378,7 @@ def ensure_engine(
             facts = _compile_package(
                 module, spec, device=dev, precision=precision, buckets=chosen, dynamic_batch=dynamic_batch,
                 inductor_options=options, output_names=output_names, target=target, stages=stages,
+                depthwise=depthwise,
             )  # fmt: skip
             with stages.stage("package"):
                 sidecar = {
