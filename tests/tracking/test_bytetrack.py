@@ -123,11 +123,10 @@ def _random_frames(seed: int, frames: int = 60, n: int = 10) -> list[list[Person
 
 
 @pytest.mark.parametrize("oks_weight", [0.0, 0.5])
-def test_shortcuts_give_the_results_of_the_pairwise_paths(
+def test_matrix_oks_fusion_gives_the_results_of_the_pairwise_loop(
     oks_weight: float, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The matrix OKS fusion and the assignment shortcut against the pair-by-pair loop and full search."""
-    from rtpose.tracking import matching
+    """The matrix OKS fusion against the pair-by-pair loop."""
 
     def track(frames: list[list[Person]]) -> list[list[tuple]]:
         tracker = ByteTracker(TrackerConfig(oks_weight=oks_weight))
@@ -143,7 +142,6 @@ def test_shortcuts_give_the_results_of_the_pairwise_paths(
     frames = _random_frames(5)
     fast = track(frames)
     monkeypatch.setattr(ByteTracker, "_oks_fused", staticmethod(lambda *args: False))
-    monkeypatch.setattr(matching, "_min_cost_rows_to_columns", matching._shortest_augmenting_paths)
     assert track(frames) == fast
     assert any(ids for ids in fast[::2])
 

@@ -66,21 +66,3 @@ def test_iou_matrix_matches_direct_computation() -> None:
         area_b = (b[j, 2] - b[j, 0]) * (b[j, 3] - b[j, 1])
         assert got[i, j] == pytest.approx(w * h / (area_a + area_b - w * h))
     assert iou_matrix(np.zeros((0, 4)), b).shape == (0, 4)
-
-
-def test_distinct_row_minima_shortcut_equals_the_full_search() -> None:
-    from rtpose.tracking.matching import _min_cost_rows_to_columns, _shortest_augmenting_paths
-
-    rng = np.random.default_rng(2)
-    shortcuts = 0
-    for trial in range(400):
-        n = int(rng.integers(1, 8))
-        m = n + int(rng.integers(0, 6))
-        cost = rng.random((n, m))
-        if trial % 3 == 0:  # ties, including ties for the minimum of a row
-            cost = np.round(cost * 3) / 3
-        if trial % 5 == 0:  # tracking-like: one clear best column per row
-            cost[np.arange(n), rng.permutation(m)[:n]] -= 1.0
-        shortcuts += len(np.unique(cost.argmin(axis=1))) == n
-        np.testing.assert_array_equal(_min_cost_rows_to_columns(cost), _shortest_augmenting_paths(cost))
-    assert shortcuts > 50  # the shortcut was taken often enough for the comparison to mean something

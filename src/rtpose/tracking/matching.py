@@ -1,9 +1,9 @@
 """Box overlap and optimal one-to-one assignment for tracking.
 
-`linear_assignment` is an exact minimum-cost matching (the shortest-augmenting-path form of the
-Hungarian method, O(n^2 m)) written here in NumPy so the tracker needs neither scipy nor a compiled
-`lap` package. Tracking matrices are small (tens of tracks x tens of detections), where this runs in
-well under a millisecond.
+`linear_assignment` is an exact minimum-cost matching, solved by SciPy's `linear_sum_assignment`
+(a compiled shortest-augmenting-path solver). Our earlier NumPy version of the same method ran its
+augmenting-path search in Python: 0.1-1 ms per call at tracking sizes on our CPU, 10% of a video
+worker's main thread on the H100 host (py-spy, docs/benchmarks.md); SciPy takes 7-21 us.
 
 A pair may only be matched when its cost is at most `max_cost`. This is solved exactly by giving every
 row a private "stay unmatched" column of cost `max_cost`: the optimum then never takes a pair costing
@@ -13,6 +13,7 @@ more than leaving both sides unmatched.
 from __future__ import annotations
 
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 
 from rtpose.errors import RtposeError
 
@@ -32,65 +33,6 @@ def iou_matrix(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
-def _min_cost_rows_to_columns(cost: np.ndarray) -> np.ndarray:
-    """Optimal assignment of every row of an (n, m) cost matrix, n <= m, to a distinct column.
-
-    Rows are added one at a time; each addition grows a shortest-path tree over columns using reduced
-    costs (row potentials u, column potentials v), then flips the augmenting path. Returns the column of
-    each row.
-    """
-    if cost.size == 0:
-        return np.zeros(len(cost), dtype=np.int64)
-    greedy = cost.argmin(axis=1)
-    if len(np.unique(greedy)) == len(greedy) and np.isfinite(cost).all():
-        # Every row's first cheapest column is distinct (the usual case in tracking). Then each row's
-        # search ends at once on that column, leaving the column potentials at 0: the result is exactly
-        # this, without the search.
-        return greedy.astype(np.int64)
-    return _shortest_augmenting_paths(cost)
-
-
-def _shortest_augmenting_paths(cost: np.ndarray) -> np.ndarray:
-    """The search of `_min_cost_rows_to_columns`, always run in full."""
-    n, m = cost.shape
-    u = np.zeros(n + 1)
-    v = np.zeros(m + 1)
-    row_of_col = np.zeros(m + 1, dtype=np.int64)  # 1-based row matched to column j; 0 = free
-    for row in range(1, n + 1):
-        row_of_col[0] = row
-        col = 0
-        min_reduced = np.full(m + 1, np.inf)
-        previous_col = np.zeros(m + 1, dtype=np.int64)
-        used = np.zeros(m + 1, dtype=bool)
-        while True:
-            used[col] = True
-            current_row = row_of_col[col]
-            free = ~used[1:]
-            reduced = cost[current_row - 1] - u[current_row] - v[1:]
-            better = free & (reduced < min_reduced[1:])
-            min_reduced[1:][better] = reduced[better]
-            previous_col[1:][better] = col
-            candidates = np.where(free, min_reduced[1:], np.inf)
-            next_col = int(np.argmin(candidates)) + 1
-            delta = candidates[next_col - 1]
-            used_cols = np.flatnonzero(used)
-            u[row_of_col[used_cols]] += delta
-            v[used_cols] -= delta
-            min_reduced[1:][free] -= delta
-            col = next_col
-            if row_of_col[col] == 0:
-                break
-        while col != 0:  # flip the augmenting path
-            prior = previous_col[col]
-            row_of_col[col] = row_of_col[prior]
-            col = prior
-    col_of_row = np.zeros(n, dtype=np.int64)
-    for col in range(1, m + 1):
-        if row_of_col[col] != 0:
-            col_of_row[row_of_col[col] - 1] = col - 1
-    return col_of_row
-
-
 def linear_assignment(cost: np.ndarray, max_cost: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Minimum-total-cost matching that only pairs entries with cost <= max_cost.
 
@@ -108,7 +50,9 @@ def linear_assignment(cost: np.ndarray, max_cost: float) -> tuple[np.ndarray, np
     padded = np.full((n, m + n), _FORBIDDEN)
     padded[:, :m] = np.where(allowed, cost, _FORBIDDEN)
     padded[np.arange(n), m + np.arange(n)] = max_cost  # each row's own "unmatched" option
-    col_of_row = _min_cost_rows_to_columns(padded)
+    col_of_row = np.empty(n, dtype=np.int64)
+    assigned_rows, assigned_cols = linear_sum_assignment(padded)
+    col_of_row[assigned_rows] = assigned_cols  # every row gets a column: there are m + n of them
     rows = np.flatnonzero(col_of_row < m)
     rows = rows[allowed[rows, col_of_row[rows]]]
     matches = np.empty((len(rows), 2), np.int64)
