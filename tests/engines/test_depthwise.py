@@ -150,6 +150,21 @@ def test_the_depthwise_choice_is_checked(monkeypatch: pytest.MonkeyPatch) -> Non
         compiled.depthwise_choice(torch.device("cpu"))
 
 
+def test_cuda_builds_use_our_kernel_except_for_int8_emulations(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MoveNet's INT8 emulation runs its own integer convolution on `conv.groups` and the integer weights:
+    its convolutions must stay `nn.Conv2d`."""
+    monkeypatch.setattr(compiled, "triton", object())  # as where Triton is installed
+    monkeypatch.delenv("RTPOSE_DEPTHWISE", raising=False)
+    cuda = torch.device("cuda", 0)
+    assert compiled.depthwise_choice(cuda) == compiled.DEPTHWISE_CUDA == "triton"
+    assert compiled.depthwise_choice(cuda, "int8-emulation") == "library"
+    monkeypatch.setenv("RTPOSE_DEPTHWISE", "library")
+    assert compiled.depthwise_choice(cuda) == "library"
+    monkeypatch.setattr(compiled, "triton", None)
+    monkeypatch.delenv("RTPOSE_DEPTHWISE")
+    assert compiled.depthwise_choice(cuda) == "library"  # no Triton, no kernel
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_gpu_engine_with_our_depthwise_kernel_matches_eager(

@@ -87,12 +87,14 @@ AUTOTUNE_CUDA: dict[str, Any] = {
 }
 
 
-def depthwise_choice(device: torch.device) -> str:
-    """How a build for `device` computes depthwise convolutions (see `DEPTHWISE_CUDA`)."""
+def depthwise_choice(device: torch.device, variant: str = "float") -> str:
+    """How a build for `device` computes depthwise convolutions (see `DEPTHWISE_CUDA`). INT8 emulations
+    keep the library: they run their own integer convolutions on the modules' attributes."""
     chosen = os.environ.get("RTPOSE_DEPTHWISE", "").strip() or DEPTHWISE_CUDA
     if chosen not in DEPTHWISE_CHOICES:
         raise EngineError(f"RTPOSE_DEPTHWISE takes one of {', '.join(DEPTHWISE_CHOICES)}, not {chosen!r}")
-    return chosen if device.type == "cuda" and triton is not None else "library"
+    ours_can_run = device.type == "cuda" and triton is not None and variant == "float"
+    return chosen if ours_can_run else "library"
 
 
 def default_buckets(max_batch: int) -> tuple[int, ...]:
@@ -354,7 +356,7 @@ def ensure_engine(
         )
     dev = _resolve_device(device)
     options = dict(DEFAULT_INDUCTOR_OPTIONS[dev.type] if inductor_options is None else inductor_options)
-    depthwise = depthwise_choice(dev)
+    depthwise = depthwise_choice(dev, variant)
     fields = build_fields(
         spec, device=dev, precision=precision, buckets=chosen, weights_id=weights_id,
         dynamic_batch=dynamic_batch, inductor_options=options, variant=variant, depthwise=depthwise,
