@@ -1,6 +1,6 @@
 """Tile sizes of our depthwise kernel (`rtpose.engines.depthwise`) per layer shape, against cuDNN.
 
-    python scripts/depthwise_tiles.py [--batches-pose 1 8 64] [--batches-det 1 8]
+    python scripts/depthwise_tiles.py [--batches-pose 1 8 64] [--batches-det 1 8] [--wide]
 
 For every depthwise layer shape of RTMPose-m and RTMDet-nano (channels, map size, kernel, stride, how many
 such layers) and batch size: GPU time of cuDNN's depthwise convolution + SiLU, of our kernel with the tile
@@ -31,10 +31,13 @@ DETECTOR = [
 ]  # fmt: skip
 
 
-TILES = [
-    (block_p, block_c, warps)
-    for block_c, block_p, warps in itertools.product((16, 32, 64, 128), (16, 32, 64, 128, 256), (2, 4, 8))
-    if 256 <= block_p * block_c <= 16384
+#: (pixels, channels, warps) tried per shape. Every new combination is a Triton compile of its own (1-3 s
+#: each on a busy host): the full grid took over 200 s for the first shape, so the default is a small one.
+NARROW = [(p, c, 4) for c, p in itertools.product((16, 32, 64), (32, 64, 128))]
+WIDE = [
+    (p, c, w)
+    for c, p, w in itertools.product((16, 32, 64, 128), (16, 32, 64, 128, 256), (2, 4, 8))
+    if 256 <= p * c <= 16384
 ]
 
 
@@ -50,7 +53,12 @@ def launch(x, taps, bias, out, kernel, stride, block_p, block_c, warps) -> None:
     )  # fmt: skip
 
 
-def measure(batch: int, channels: int, height: int, width: int, kernel: int, stride: int) -> tuple:
+Tile = tuple[int, int, int]
+
+
+def measure(
+    batch: int, channels: int, height: int, width: int, kernel: int, stride: int, tiles: list[Tile]
+) -> tuple:
     """(cuDNN + SiLU ms, rule tile, its ms, (best ms, best tile...)) for one layer shape and batch."""
     options = {"device": "cuda", "dtype": torch.float16}
     x = torch.randn(batch, channels, height, width, **options).contiguous(memory_format=torch.channels_last)
@@ -78,7 +86,7 @@ def measure(batch: int, channels: int, height: int, width: int, kernel: int, str
     t_rule = ours(*rule, 4)
     best = (t_rule, *rule, 4)
     widest = max(16, triton.next_power_of_2(channels))
-    for block_p, block_c, warps in TILES:
+    for block_p, block_c, warps in tiles:
         if block_c <= widest:
             best = min(best, (ours(block_p, block_c, warps), block_p, block_c, warps))
     return t_library, rule, t_rule, best
@@ -88,12 +96,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches-pose", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--batches-det", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--wide", action="store_true", help="sweep 100+ tiles per shape (slow: compiles)")
     args = parser.parse_args()
+    tiles = WIDE if args.wide else NARROW
     for model, shapes, batches in (("pose", POSE, args.batches_pose), ("det", DETECTOR, args.batches_det)):
         for batch in batches:
             sums = {"cudnn": 0.0, "rule": 0.0, "best": 0.0}
             for channels, height, width, kernel, stride, layers in shapes:
-                t_library, rule, t_rule, best = measure(batch, channels, height, width, kernel, stride)
+                t_library, rule, t_rule, best = measure(batch, channels, height, width, kernel, stride, tiles)
                 sums["cudnn"] += t_library * layers
                 sums["rule"] += t_rule * layers
                 sums["best"] += best[0] * layers
