@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from tests.triton_interpreter import needs_triton, run_in_interpreter
 from torch import nn
 
-from rtpose.engines import compiled
+from rtpose.engines import compiled, depthwise
 from rtpose.engines.compiled import load_compiled_engine, weights_digest
 from rtpose.engines.depthwise import FusedDepthwiseConv2d, fuse_depthwise_convs, is_fusable_depthwise
 from rtpose.engines.engine_cache import sidecar_path
@@ -153,14 +153,14 @@ def test_the_depthwise_choice_is_checked(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_cuda_builds_use_our_kernel_except_for_int8_emulations(monkeypatch: pytest.MonkeyPatch) -> None:
     """MoveNet's INT8 emulation runs its own integer convolution on `conv.groups` and the integer weights:
     its convolutions must stay `nn.Conv2d`."""
-    monkeypatch.setattr(compiled, "triton", object())  # as where Triton is installed
+    monkeypatch.setattr(depthwise, "KERNEL_AVAILABLE", True)  # as where Triton is installed
     monkeypatch.delenv("RTPOSE_DEPTHWISE", raising=False)
     cuda = torch.device("cuda", 0)
     assert compiled.depthwise_choice(cuda) == compiled.DEPTHWISE_CUDA == "triton"
     assert compiled.depthwise_choice(cuda, "int8-emulation") == "library"
     monkeypatch.setenv("RTPOSE_DEPTHWISE", "library")
     assert compiled.depthwise_choice(cuda) == "library"
-    monkeypatch.setattr(compiled, "triton", None)
+    monkeypatch.setattr(depthwise, "KERNEL_AVAILABLE", False)
     monkeypatch.delenv("RTPOSE_DEPTHWISE")
     assert compiled.depthwise_choice(cuda) == "library"  # no Triton, no kernel
 

@@ -47,16 +47,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from rtpose.engines import depthwise as depthwise_kernel
 from rtpose.engines import engine_cache
 from rtpose.engines.base import Engine
-from rtpose.engines.depthwise import fuse_depthwise_convs
 from rtpose.engines.fold import fold_batchnorm
 from rtpose.engines.onnx_export import output_names_for
 from rtpose.errors import EngineError
 from rtpose.models.factory import LoadedModel
 from rtpose.models.spec import ModelSpec
 from rtpose.models.weights import sha256_file
-from rtpose.triton_exact import triton
 
 Precision = Literal["fp32", "fp16", "bf16"]
 PRECISION_DTYPES: dict[str, torch.dtype] = {
@@ -93,7 +92,7 @@ def depthwise_choice(device: torch.device, variant: str = "float") -> str:
     chosen = os.environ.get("RTPOSE_DEPTHWISE", "").strip() or DEPTHWISE_CUDA
     if chosen not in DEPTHWISE_CHOICES:
         raise EngineError(f"RTPOSE_DEPTHWISE takes one of {', '.join(DEPTHWISE_CHOICES)}, not {chosen!r}")
-    ours_can_run = device.type == "cuda" and triton is not None and variant == "float"
+    ours_can_run = device.type == "cuda" and depthwise_kernel.KERNEL_AVAILABLE and variant == "float"
     return chosen if ours_can_run else "library"
 
 
@@ -292,7 +291,7 @@ def _compile_package(
         with torch.no_grad():
             sample = folded(example[:1])
         names = resolve_output_names(spec, sample, output_names)
-        fused_depthwise = fuse_depthwise_convs(folded) if depthwise == "triton" else 0
+        fused_depthwise = depthwise_kernel.fuse_depthwise_convs(folded) if depthwise == "triton" else 0
         network = folded.to(PRECISION_DTYPES[precision]).to(memory_format=torch.channels_last)
         wrapper = _EngineWrapper(network, PRECISION_DTYPES[precision], names).eval()
 

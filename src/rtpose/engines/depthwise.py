@@ -27,8 +27,10 @@ from rtpose.triton_exact import triton
 
 #: Larger kernels are left to the library (our networks use 3x3 and 5x5 depthwise kernels).
 MAX_TAPS = 49
+#: Triton installed and a torch with `triton_op` (2.6+); otherwise builds keep the library convolution.
+KERNEL_AVAILABLE = triton is not None and hasattr(torch.library, "triton_op")
 
-if triton is not None:
+if KERNEL_AVAILABLE:
     import triton.language as tl
 
     @triton.jit
@@ -138,7 +140,7 @@ class FusedDepthwiseConv2d(nn.Module):
         self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.is_cuda and triton is not None:
+        if x.is_cuda and KERNEL_AVAILABLE:
             return depthwise_conv2d(
                 x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.silu
             )
