@@ -3,9 +3,12 @@ request answered alone, frames through shared memory, the end when every worker 
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import threading
+from collections.abc import Iterator, Sequence
 from multiprocessing import Pipe
+from multiprocessing.connection import Connection
 
 import numpy as np
 import pytest
@@ -32,6 +35,29 @@ def _serve(model, connections, wait: float = 0.5, **options) -> threading.Thread
     thread.start()
     thread.server = server  # type: ignore[attr-defined]
     return thread
+
+
+def _json(people: list[list]) -> list[list[dict]]:
+    """People per image as their JSON, for comparing answers."""
+    return [[p.to_json() for p in image] for image in people]
+
+
+def _assert_answered(answers: Sequence[tuple[Connection, list[list]]]) -> None:
+    """Each worker end got ("ok", people) with the expected people."""
+    for worker, expected in answers:
+        status, people = worker.recv()
+        assert status == "ok" and _json(people) == _json(expected)
+
+
+@contextlib.contextmanager
+def _closed_after(server: ModelServer, *slots: FrameSlots) -> Iterator[None]:
+    """Free a server's and the workers' shared memory however the test ends."""
+    try:
+        yield
+    finally:
+        server._frames.close()
+        for worker_slots in slots:
+            worker_slots.close()
 
 
 def test_requests_of_two_workers_become_one_model_call_with_the_same_answers() -> None:
@@ -105,9 +131,7 @@ def test_a_pose_request_sent_ahead_is_answered_later_or_dropped() -> None:
     expected = BlobModel().pose(frames, list(boxes), list(scores))
     launched = remote.launch_pose(frames, list(boxes), list(scores))
     got = remote.pose_launched(launched)
-    assert [[p.to_json() for p in image] for image in got] == [
-        [p.to_json() for p in image] for image in expected
-    ]
+    assert _json(got) == _json(expected)
     remote.launch_pose(frames[:1], list(boxes[:1]), list(scores[:1])).wait()
     assert len(remote.detect([frames[1]])) == 1  # the dropped answer is not read as this one's
     failing = remote._send("detect", [np.full((120, 160, 3), 255, np.uint8)], [None])
@@ -231,23 +255,17 @@ def test_a_launched_step_is_answered_once_the_next_one_is_launched() -> None:
     server = ModelServer(LaunchingModel(log, "A"), [server_a, server_b], twin=LaunchingModel(log, "B"))
     frames = [scene_frame(2)]
     boxes, scores = BlobModel().detect(frames)[0]
-    expected = [[p.to_json() for p in image] for image in BlobModel().pose(frames, [boxes], [scores])]
+    expected = BlobModel().pose(frames, [boxes], [scores])
     slots_a, slots_b = FrameSlots(), FrameSlots()
-    try:
+    with _closed_after(server, slots_a, slots_b):
         server._step({server_a: ("pose", slots_a.put(frames), [(boxes, scores)])})
         assert log == [("launch", "A")] and not worker_a.poll()  # in flight, not answered yet
         server._step({server_b: ("pose", slots_b.put(frames), [(boxes, scores)])})
         assert log == [("launch", "A"), ("launch", "B"), ("answer", "A")]
         assert worker_a.poll() and not worker_b.poll()
         server._answer_in_flight()
-        for worker in (worker_a, worker_b):
-            status, people = worker.recv()
-            assert status == "ok" and [[p.to_json() for p in image] for image in people] == expected
+        _assert_answered([(worker_a, expected), (worker_b, expected)])
         assert server.stats["steps"] == 2 and server.stats["frames"] == 2
-    finally:
-        server._frames.close()
-        slots_a.close()
-        slots_b.close()
 
 
 class Finished(list):
@@ -274,7 +292,7 @@ def test_detect_and_pose_requests_join_the_launched_pose_step() -> None:
     want_a = BlobModel().pose([frame_a], *[[x] for x in BlobModel().detect([frame_a])[0]])
     want_b = BlobModel().pose([frame_b], [boxes], [scores])
     slots_a, slots_b = FrameSlots(), FrameSlots()
-    try:
+    with _closed_after(server, slots_a, slots_b):
         server._step({
             server_a: ("detect_and_pose", slots_a.put([frame_a]), [rule]),
             server_b: ("pose", slots_b.put([frame_b]), [(boxes, scores)]),
@@ -283,14 +301,7 @@ def test_detect_and_pose_requests_join_the_launched_pose_step() -> None:
         assert model.detect_calls == [1] and log == [("launch", "A")]
         assert model.pose_calls == [boxes_a + len(boxes)]  # one pose call for both requests
         server._answer_in_flight()
-        for worker, want in ((worker_a, want_a), (worker_b, want_b)):
-            status, people = worker.recv()
-            assert status == "ok"
-            assert [[p.to_json() for p in i] for i in people] == [[p.to_json() for p in i] for i in want]
-    finally:
-        server._frames.close()
-        slots_a.close()
-        slots_b.close()
+        _assert_answered([(worker_a, want_a), (worker_b, want_b)])
 
 
 def test_detect_and_pose_requests_alone_launch_the_pose_step_on_the_detections() -> None:
@@ -301,21 +312,14 @@ def test_detect_and_pose_requests_alone_launch_the_pose_step_on_the_detections()
     frames = [scene_frame(3), scene_frame(8)]
     want = BlobModel().pose(frames, *zip(*BlobModel().detect(frames), strict=True))
     slots_a, slots_b = FrameSlots(), FrameSlots()
-    try:
+    with _closed_after(server, slots_a, slots_b):
         server._step({
             server_a: ("detect_and_pose", slots_a.put(frames[:1]), [PoseCandidates()]),
             server_b: ("detect_and_pose", slots_b.put(frames[1:]), [PoseCandidates()]),
         })  # fmt: skip
         assert model.detect_calls == [2] and log == [("launch", "A")] and not worker_a.poll()
         server._answer_in_flight()
-        for worker, expected in ((worker_a, want[:1]), (worker_b, want[1:])):
-            status, people = worker.recv()
-            assert status == "ok"
-            assert [[p.to_json() for p in i] for i in people] == [[p.to_json() for p in i] for i in expected]
-    finally:
-        server._frames.close()
-        slots_a.close()
-        slots_b.close()
+        _assert_answered([(worker_a, want[:1]), (worker_b, want[1:])])
 
 
 def test_a_launched_step_that_says_it_is_done_is_answered_without_a_new_request() -> None:
