@@ -386,8 +386,7 @@ class ModelServer:
             by_op = {"pose": to_pose}
         self._answer_in_flight()  # before a synchronous step: one model's buffers at a time
         for op, requests in by_op.items():
-            self._serve(op, requests)
-            self._record(requests, began, time.monotonic() - began)
+            self._serve_recorded(op, requests, began)
 
     def _prepare(self, shapes: set[tuple[int, ...]]) -> None:
         """Capture every CUDA-graph step a frame size can need (each padded batch size, both models)
@@ -420,8 +419,7 @@ class ModelServer:
         except Exception as exc:
             logger.debug("detector step of %d requests failed (%s); served alone", len(requests), exc)
             self._answer_in_flight()
-            self._serve("detect_and_pose", requests)
-            self._record(requests, began, time.monotonic() - began)
+            self._serve_recorded("detect_and_pose", requests, began)
             return []
         as_pose, start = [], 0
         for connection, request_images, _ in requests:
@@ -463,8 +461,7 @@ class ModelServer:
             logger.debug("could not launch a pose step on detections (%s)", exc)
             handle = None
         if handle is None:  # the detector's answer is used up: the plain way from the start
-            self._serve("detect_and_pose", requests)
-            self._record(requests, began, time.monotonic() - began)
+            self._serve_recorded("detect_and_pose", requests, began)
             return True
         self._turn = (self._turn + 1) % len(self._models)
         self._in_flight = _InFlight(requests, model, handle, began, "detect_and_pose")
@@ -492,6 +489,11 @@ class ModelServer:
                     self._reply(connection, ("error", _error_text(alone)))
             return
         self._answer(requests, merged)
+
+    def _serve_recorded(self, op: str, requests: Sequence[Request], began: float) -> None:
+        """`_serve`, then the step counted in the stats and timeline from `began`."""
+        self._serve(op, requests)
+        self._record(requests, began, time.monotonic() - began)
 
     def _answer(self, requests: Sequence[Request], merged: list[Any]) -> None:
         start = 0
