@@ -235,6 +235,17 @@ def test_int8_emulation_is_part_of_the_key_and_refused_below_fp32(tmp_path: Path
     assert compiled.module_variant(net) == "int8-emulation"
     with pytest.raises(EngineError, match="INT8 emulation"):
         build_engine(net, TINY_SPEC, **{**_build_kwargs(tmp_path), "precision": "bf16"})
+    # the INT8 arithmetic an emulation follows is part of the key; float engines keep their old keys
+    common = dict(device=torch.device("cpu"), precision="fp32", buckets=(1,), weights_id="w",
+                  dynamic_batch=True, inductor_options={})  # fmt: skip
+    keys = {
+        semantics: compiled.engine_cache.engine_key(
+            compiled.build_fields(TINY_SPEC, **common, variant="int8-emulation", int8_semantics=semantics)
+        )
+        for semantics in ("openvino-cpu", "fake-quantize")
+    }
+    assert keys["openvino-cpu"] != keys["fake-quantize"]
+    assert "int8_semantics" not in compiled.build_fields(TINY_SPEC, **common)
 
 
 def test_bad_requests_raise_engine_errors(tmp_path: Path) -> None:

@@ -37,8 +37,16 @@ from typing import Any
 from rtpose.errors import RtposeError
 
 MODELS = ("movenet-lightning", "openpose-lite")
-#: our two ways of running the INT8 IR of openpose-lite
-OUR_OPENPOSE_MODES = ("int8-emulation", "float")
+#: our ways of running the INT8 IR of openpose-lite -> the INT8 semantics each emulates (None: plain float).
+#: "int8-emulation" follows OpenVINO's INT8 CPU execution, "int8-fake-quantize" the IR's FakeQuantize formula.
+OPENPOSE_MODE_SEMANTICS = {
+    "int8-emulation": "openvino-cpu",
+    "int8-fake-quantize": "fake-quantize",
+    "float": None,
+}
+OUR_OPENPOSE_MODES = tuple(OPENPOSE_MODE_SEMANTICS)
+#: the modes an accuracy run uses unless told otherwise
+DEFAULT_OPENPOSE_MODES = ("int8-emulation", "float")
 #: |dAP| bar of the issue, in AP points
 DAP_LIMIT = 0.5
 ANNOTATIONS = Path("coco/annotations/person_keypoints_val2017_subset.json")
@@ -75,9 +83,24 @@ class Comparison:
 
 
 @dataclass
+class KeypointAgreement:
+    """Decoded keypoints of two bottom-up engines on the same canvases (people paired greedily); a keypoint
+    the reference found and the other lost counts as far."""
+
+    model: str
+    engine: str
+    reference: str
+    keypoints: int
+    #: share of the reference's keypoints within 1 px / 0.5 px at network-input resolution
+    within_1px: float
+    within_half_px: float
+
+
+@dataclass
 class AccuracyReport:
     runs: list[AccuracyRun] = field(default_factory=list)
     comparisons: list[Comparison] = field(default_factory=list)
+    agreements: list[KeypointAgreement] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -85,6 +108,7 @@ class AccuracyReport:
             "info": self.info,
             "runs": [{**asdict(run), "AP_points": round(run.ap, 2)} for run in self.runs],
             "comparisons": [asdict(c) for c in self.comparisons],
+            "keypoint_agreement": [asdict(a) for a in self.agreements],
             "dap_limit": DAP_LIMIT,
         }
 
@@ -132,7 +156,7 @@ def openpose_engines(
     data_dir: Path,
     openvino_modes: Sequence[str],
     threads: int,
-    our_modes: Sequence[str] = OUR_OPENPOSE_MODES,
+    our_modes: Sequence[str] = DEFAULT_OPENPOSE_MODES,
 ) -> tuple[list[tuple[str, bool, Callable[[], Any]]], Any]:
     """([(label, is_reference, engine factory)], spec) for openpose-lite: our two modes, OpenVINO's."""
     from rtpose.engines.reference import OpenVinoEngine
@@ -144,13 +168,17 @@ def openpose_engines(
     spec = get_spec("openpose-lite")
     path = _weights_path("openpose-lite", data_dir)
 
-    def ours(int8: bool) -> Any:
+    def ours(mode: str) -> Any:
         module = build_with_weights(spec, resolve_weights(spec, path, download=False, progress=False))
-        module.set_int8_emulation(int8)
+        semantics = OPENPOSE_MODE_SEMANTICS[mode]
+        if semantics is None:
+            module.set_int8_emulation(False)
+        else:
+            module.set_int8_emulation(True, semantics)
         return TorchEngine(module.eval(), device="cpu", output_names=spec.extra["output_names"])
 
     engines: list[tuple[str, bool, Callable[[], Any]]] = [
-        (f"ours torch {mode}", False, lambda int8=mode == "int8-emulation": ours(int8)) for mode in our_modes
+        (f"ours torch {mode}", False, lambda mode=mode: ours(mode)) for mode in our_modes
     ]
     for mode in openvino_modes:
         engines.append(
@@ -187,7 +215,33 @@ def _evaluate_quietly(pipeline: Any, ann_file: Path, images_dir: Path, boxes: st
     from rtpose.evaluation.coco import evaluate
 
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools' tables, once per run, are noise here
-        return evaluate(pipeline, ann_file, images_dir, boxes=boxes, progress=False)
+        return evaluate(pipeline, ann_file, images_dir, boxes=boxes, progress=False, bottom_up=boxes is None)
+
+
+def keypoint_agreement(
+    model: str, recorders: dict[str, tuple[bool, Any]], input_height: int
+) -> list[KeypointAgreement]:
+    """Every engine against every reference engine (and the references among themselves)."""
+    import numpy as np
+
+    from rtpose.benchmarks.precision_check import bottomup_distances
+
+    rows = []
+    for reference, (is_reference, recorded_reference) in recorders.items():
+        if not is_reference:
+            continue
+        for engine, (_, recorded) in recorders.items():
+            if engine == reference:
+                continue
+            distances = bottomup_distances(recorded_reference, recorded, input_height)
+            rows.append(
+                KeypointAgreement(
+                    model, engine, reference, int(distances.size),
+                    round(float(np.mean(distances <= 1.0)), 4) if distances.size else float("nan"),
+                    round(float(np.mean(distances <= 0.5)), 4) if distances.size else float("nan"),
+                )
+            )  # fmt: skip
+    return rows
 
 
 def _pipeline(spec: Any, engine: Any, detector: Any) -> Any:
@@ -258,7 +312,7 @@ def run_accuracy(
     images: int | None = None,
     backend: str = "torch",
     openvino_modes: Sequence[str] = ("int8", "fq-f32", "float"),
-    our_openpose_modes: Sequence[str] = OUR_OPENPOSE_MODES,
+    our_openpose_modes: Sequence[str] = DEFAULT_OPENPOSE_MODES,
     threads: int = 2,
     timing_repeats: int = 10,
     log: Callable[[str], None] = print,
@@ -269,6 +323,7 @@ def run_accuracy(
     """
     import torch
 
+    from rtpose.benchmarks.precision_check import Recorder
     from rtpose.decode.image import decode_image
 
     unknown = sorted(set(models) - set(MODELS))
@@ -298,6 +353,7 @@ def run_accuracy(
                 box_sources = [None]
             first_file = _first_file(ann_file)
             sample = _sample_input(spec, images_dir / first_file)
+            recorders: dict[str, tuple[bool, Any]] = {}
             for label, is_reference, make_engine in engines:
                 engine = make_engine()
                 forward_ms = (
@@ -309,6 +365,9 @@ def run_accuracy(
                     pipeline = _pipeline(spec, engine, detector)
                     if box_source != "gt":  # warm up the detector / first-size work outside the timing
                         pipeline(decode_image(images_dir / first_file))
+                    if box_source is None:  # bottom-up: keep the people for the keypoint agreement
+                        pipeline = Recorder(pipeline)
+                        recorders[label] = (is_reference, pipeline)
                     metrics = _evaluate_quietly(pipeline, ann_file, images_dir, box_source)
                     run = AccuracyRun(
                         model, box_source or "bottom-up", label, is_reference, metrics, forward_ms
@@ -318,6 +377,7 @@ def run_accuracy(
                         f"{model:18s} {run.boxes:9s} {label:28s} AP {run.ap:5.1f}  "
                         f"{metrics['seconds']:.1f} s / {metrics['num_images']} images"
                     )
+            report.agreements += keypoint_agreement(model, recorders, int(spec.input_size[0]))
     report.comparisons = compare(report.runs)
     report.info = _machine_info(threads, images, backend)
     return report
@@ -362,6 +422,16 @@ def format_table(report: AccuracyReport) -> str:
     for c in report.comparisons:
         verdict = "yes" if c.within_limit else "NO"
         lines.append(f"{c.model:18s} {c.boxes:9s} {c.ours:28s} {c.reference:24s} {c.dap:+6.2f}  {verdict}")
+    if report.agreements:
+        lines += [
+            "",
+            f"{'model':18s} {'engine':28s} {'reference':24s} {'keypoints':>9s} {'<=1px':>7s} {'<=0.5px':>7s}",
+        ]
+        for a in report.agreements:
+            lines.append(
+                f"{a.model:18s} {a.engine:28s} {a.reference:24s} {a.keypoints:9d} "
+                f"{100 * a.within_1px:6.1f}% {100 * a.within_half_px:6.1f}%"
+            )
     return "\n".join(lines)
 
 
@@ -379,6 +449,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--backend", default="torch", choices=["torch", "ort"], help="our MoveNet engine")
     parser.add_argument("--openvino-modes", nargs="+", default=["int8", "fq-f32", "float"],
                         choices=["int8", "fq-f32", "float"])  # fmt: skip
+    parser.add_argument("--our-modes", nargs="+", default=list(DEFAULT_OPENPOSE_MODES),
+                        choices=OUR_OPENPOSE_MODES,
+                        help="our openpose-lite engines: int8-emulation (OpenVINO's INT8 CPU execution), "
+                        "int8-fake-quantize (the IR's FakeQuantize formula), float")  # fmt: skip
     parser.add_argument("--threads", type=int, default=2, help="CPU threads of every runtime")
     parser.add_argument("--data-dir", type=Path, default=None, help="default $RTPOSE_DATA")
     parser.add_argument("--out", type=Path, default=None, help="write the report as JSON here")
@@ -387,7 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = run_accuracy(
             Path(args.data_dir or default_data_dir()), models=args.models, boxes=args.boxes,
             images=args.images, backend=args.backend, openvino_modes=args.openvino_modes,
-            threads=args.threads,
+            our_openpose_modes=args.our_modes, threads=args.threads,
         )  # fmt: skip
     except RtposeError as exc:
         print(f"error: {exc}", file=sys.stderr)

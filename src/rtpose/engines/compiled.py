@@ -244,12 +244,17 @@ def build_fields(
     inductor_options: Mapping[str, Any],
     variant: str = "float",
     depthwise: str = "library",
+    int8_semantics: str | None = None,
 ) -> dict[str, Any]:
-    """Everything the engine key covers (see `engine_cache`)."""
+    """Everything the engine key covers (see `engine_cache`). int8_semantics: which INT8 arithmetic an
+    emulating network follows (openpose-lite: "openvino-cpu" or "fake-quantize"); keys of other
+    engines leave it out, so they stay what they were."""
+    semantics = {"int8_semantics": int8_semantics} if int8_semantics is not None else {}
     return {
         "format_version": engine_cache.ENGINE_FORMAT_VERSION,
         "weights_id": weights_id,
         "variant": variant,
+        **semantics,
         "spec": spec.name,
         "input_size": list(spec.input_size),
         **engine_cache.device_fields(device),
@@ -359,6 +364,7 @@ def ensure_engine(
     fields = build_fields(
         spec, device=dev, precision=precision, buckets=chosen, weights_id=weights_id,
         dynamic_batch=dynamic_batch, inductor_options=options, variant=variant, depthwise=depthwise,
+        int8_semantics=getattr(module, "int8_semantics", None) if variant == "int8-emulation" else None,
     )  # fmt: skip
     path = engine_cache.engine_path(
         engine_cache.cache_root(cache_dir), spec.name, precision, engine_cache.engine_key(fields)

@@ -34,8 +34,16 @@ from rtpose.keypoint_layouts import OPENPOSE_KEYPOINT_NAMES as OPENPOSE18_KEYPOI
 from rtpose.keypoint_layouts import OPENPOSE_LIMBS as OPENPOSE18_LIMBS
 from rtpose.keypoint_layouts import OPENPOSE_PAF_CHANNELS as OPENPOSE18_PAF_CHANNELS
 from rtpose.models.factory import register_loader
-from rtpose.models.fake_quantize import FakeQuantize
-from rtpose.models.ir_blocks import Concat, ConvAct, IrUnit, ResidualAdd, conv_dw, fake_quantizers
+from rtpose.models.fake_quantize import FakeQuantize, Int8Semantics
+from rtpose.models.ir_blocks import (
+    Concat,
+    ConvAct,
+    IrUnit,
+    ResidualAdd,
+    conv_dw,
+    fake_quantizers,
+    set_int8_semantics,
+)
 from rtpose.models.spec import ModelSpec, WeightSource, register
 
 STRIDE = 8
@@ -178,17 +186,26 @@ class OpenPoseLite(nn.Module):
     def int8_emulation(self) -> bool:
         return any(q.enabled for q in fake_quantizers(self))
 
-    def set_int8_emulation(self, enabled: bool) -> None:
-        """Run the imported FakeQuantize nodes (True) or plain float (False, the default)."""
-        quantizers = [q for q in fake_quantizers(self) if q.loaded]
-        if enabled and not quantizers:
-            from rtpose.errors import WeightsError
+    @property
+    def int8_semantics(self) -> Int8Semantics:
+        return next((q.semantics for q in fake_quantizers(self) if q.loaded), "openvino-cpu")
 
+    def set_int8_emulation(self, enabled: bool, semantics: Int8Semantics = "openvino-cpu") -> None:
+        """Emulate the INT8 IR (True) or run plain float (False, the default).
+
+        semantics: "openvino-cpu" reproduces OpenVINO's INT8 CPU execution of the IR
+        (`rtpose.models.openvino_cpu_int8`); "fake-quantize" runs the IR's FakeQuantize formula as written.
+        """
+        from rtpose.errors import WeightsError
+
+        if enabled and not any(q.loaded for q in fake_quantizers(self)):
             raise WeightsError(
                 "openpose-lite has no INT8 ranges: load an INT8 OpenVINO IR before enabling emulation"
             )
-        for q in quantizers:
-            q.enabled = enabled
+        try:
+            set_int8_semantics(self, enabled, semantics)
+        except ValueError as exc:
+            raise WeightsError(f"openpose-lite: {exc}") from None
 
 
 def build_openpose_lite() -> OpenPoseLite:

@@ -7,8 +7,10 @@ FakeQuantize that an INT8 graph puts on its output. The network lists its blocks
 dilation, group count, activation and add/concat wiring is checked before anything is copied.
 
 Two modes: plain float (weights dequantised, activation FakeQuantize nodes ignored; the default) or
-exact emulation of the INT8 model (the activation FakeQuantize nodes run in the network). The ranges
-are loaded in both modes, so `model.set_int8_emulation(...)` can switch later.
+emulation of the INT8 model. The emulation follows OpenVINO's CPU execution of the IR where the importer
+can plan it (`rtpose.models.openvino_cpu_int8`: integer codes, fused adds, concats on a common grid),
+else the IR's FakeQuantize formula. The ranges and the plan are loaded in both modes, so
+`model.set_int8_emulation(...)` can switch later.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from rtpose.errors import WeightsError
 from rtpose.models.ir_blocks import Concat, ConvAct, IrMappable, ResidualAdd
 from rtpose.models.loading.openvino_ir_graph import IrGraph, IrLayer, read_ir
+from rtpose.models.openvino_cpu_int8 import QuantPlan, concat_plans, quant_plan
 
 INPUT = -1  # record index of the network input
 _ACTIVATIONS = {"ReLU": "relu", "Elu": "elu", "PReLU": "prelu"}
@@ -67,6 +70,8 @@ class ConvRecord:
     act_param: np.ndarray | float | None = None
     out_fq: FqRanges | None = None
     kind: str = "conv"
+    #: spacing of the quantised weights per output channel (their FakeQuantize), None for float weights
+    weight_step: np.ndarray | None = None
 
 
 @dataclass
@@ -117,6 +122,8 @@ class IrImportReport:
     #: IR output (Result producer) name -> our block name
     outputs: dict[str, str]
     int8_emulation: bool
+    #: the blocks can follow OpenVINO's CPU INT8 execution (int8 semantics "openvino-cpu")
+    cpu_int8_plan: bool = False
 
 
 def load_openvino_ir(
@@ -153,8 +160,9 @@ def load_openvino_ir(
             _copy(record, name, unit)
         if input_record.out_fq is not None:
             input_record.out_fq.load_into(model.input_quant, 3, "the input")
+        planned = bool(num_fq) and _plan_cpu_int8(model, input_record, records, units)
     if num_fq:
-        model.set_int8_emulation(emulate_int8)
+        model.set_int8_emulation(emulate_int8, "openvino-cpu" if planned else "fake-quantize")
 
     counts = Counter(
         layer.attrs.get("element_type", "?") for layer in graph.layers.values() if layer.type == "Const"
@@ -175,6 +183,7 @@ def load_openvino_ir(
         input_shift=input_record.shift,
         outputs=outputs,
         int8_emulation=bool(emulate_int8),
+        cpu_int8_plan=planned,
     )
 
 
@@ -195,6 +204,18 @@ def _fold(graph: IrGraph, layer: IrLayer, index: int, what: str) -> np.ndarray:
     if value is None:
         raise WeightsError(f"{layer.type} {layer.name!r}: its {what} is not a constant we can fold")
     return value
+
+
+def _weight_step(graph: IrGraph, conv: IrLayer) -> np.ndarray | None:
+    """Spacing of a convolution's quantised weights per output channel, if a FakeQuantize makes them."""
+    node = graph.producer(conv.id, 1)
+    while node.type in ("Reshape", "Convert", "Squeeze", "Unsqueeze"):
+        node = graph.producer(node.id, 0)
+    if node.type != "FakeQuantize":
+        return None
+    out_low, out_high = (_fold(graph, node, i, "weight range") for i in (3, 4))
+    levels = np.float32(int(node.attrs.get("levels", "0")) - 1)
+    return ((out_high.astype(np.float32) - out_low.astype(np.float32)) / levels).reshape(-1)
 
 
 def _ints(layer: IrLayer, key: str, default: str) -> tuple[int, ...]:
@@ -265,8 +286,9 @@ def _records(graph: IrGraph) -> tuple[InputRecord, list[Record], dict[str, int]]
             )
             strides, dilations = _ints(layer, "strides", "1,1"), _ints(layer, "dilations", "1,1")
             records.append(
-                ConvRecord(layer.name, source, weight.astype(np.float32), groups, strides, dilations, pads)
-            )
+                ConvRecord(layer.name, source, weight.astype(np.float32), groups, strides, dilations, pads,
+                           weight_step=_weight_step(graph, layer))
+            )  # fmt: skip
             value_of[layer_id] = (len(records) - 1, "conv")
         elif kind in ("Add", "Multiply", "Subtract") and any(src in constant for src, _ in layer.inputs):
             data_index = 0 if layer.inputs[1][0] in constant else 1
@@ -342,6 +364,103 @@ def _records(graph: IrGraph) -> tuple[InputRecord, list[Record], dict[str, int]]
                 f"{reader!r} reads an intermediate value of block {index} ({stage}, not {final_stage[index]})"
             )
     return input_record, records, results
+
+
+# -- OpenVINO's CPU INT8 execution ---------------------------------------------------------------------------
+
+
+def _plan_cpu_int8(
+    model: IrMappable, input_record: InputRecord, records: list[Record], units: list[tuple[str, Any]]
+) -> bool:
+    """Give the blocks the plan of OpenVINO's CPU INT8 execution (rules in `rtpose.models.openvino_cpu_int8`).
+
+    False, leaving the blocks without a plan, where the IR has a structure the rules do not cover.
+    """
+
+    def record_at(index: int) -> Record | InputRecord:
+        return input_record if index == INPUT else records[index]
+
+    plans: dict[int, QuantPlan] = {}
+    concat_plans_of: dict[int, list[QuantPlan]] = {}  # concat record -> its inputs' plans (rule 4)
+    readers: dict[int, list[int]] = {}
+    for index, record in enumerate(records):
+        for source in (record.source,) if isinstance(record, ConvRecord) else record.sources:
+            readers.setdefault(source, []).append(index)
+    try:
+        for index in (INPUT, *range(len(records))):
+            fq = record_at(index).out_fq
+            if fq is not None:
+                plans[index] = quant_plan(
+                    fq.levels, fq.input_low, fq.input_high, fq.output_low, fq.output_high,
+                    fused_into_convolution=not isinstance(record_at(index), AddRecord),
+                )  # fmt: skip
+        raw: set[int] = set()  # blocks whose readers quantise their output themselves
+        for index, record in enumerate(records):
+            if isinstance(record, ConcatRecord):
+                fqs = [record_at(source).out_fq for source in record.sources]
+                if any(fq is None for fq in fqs) or INPUT in record.sources:
+                    return False
+                ranges = [(fq.levels, fq.input_low, fq.input_high) for fq in fqs]  # type: ignore[union-attr]
+                concat_plans_of[index] = concat_plans(ranges)
+                raw.update(record.sources)
+
+        def step_of(index: int) -> torch.Tensor:
+            record = record_at(index)
+            step = concat_plans_of[index][0].step if isinstance(record, ConcatRecord) else plans[index].step
+            return torch.from_numpy(step.copy())
+
+        adds: dict[int, int] = {}  # add record -> the position of its fused operand, -1 for none
+        for index, record in enumerate(records):
+            if isinstance(record, AddRecord):
+                if len(record.sources) != 2 or any(plans[s].step.size != 1 for s in record.sources):
+                    return False
+                unsigned = all(np.all(plans[s].offset == 0) for s in record.sources)
+                position = int(np.argmax(record.sources)) if unsigned else -1  # the operand computed last
+                if position >= 0:
+                    conv = record.sources[position]
+                    if not isinstance(record_at(conv), ConvRecord) or len(readers[conv]) != 1:
+                        return False
+                    raw.add(conv)
+                adds[index] = position
+        if any(not isinstance(record_at(i), ConvRecord) for i in raw):
+            return False
+        for index, record in enumerate(records):
+            unit = units[index][1]
+            if isinstance(record, ConvRecord):
+                if record.weight_step is None:
+                    return False
+                weight_step = torch.from_numpy(record.weight_step.copy())
+                unit.load_cpu_plan(step_of(record.source), weight_step, index in raw)
+                if record.source in raw:  # a raw block read by a convolution: quantise it here
+                    unit.input_quant = _quantiser(record_at(record.source).out_fq, plans[record.source])
+            elif isinstance(record, AddRecord):
+                fields = [
+                    torch.tensor(
+                        [float(np.asarray(getattr(plans[s], name)).reshape(-1)[0]) for s in record.sources]
+                    )
+                    for name in ("step", "offset", "low")
+                ]
+                unit.load_cpu_plan(adds[index], *fields)
+            elif isinstance(record, ConcatRecord):
+                unit.input_quants = torch.nn.ModuleList(
+                    _quantiser(record_at(s).out_fq, plan)
+                    for s, plan in zip(record.sources, concat_plans_of[index], strict=True)
+                )
+    except (ValueError, KeyError, RuntimeError):
+        return False
+    for index, plan in plans.items():
+        (model.input_quant if index == INPUT else units[index][1].out_quant).load_plan(plan)
+    return True
+
+
+def _quantiser(ranges: FqRanges | None, plan: QuantPlan) -> Any:
+    from rtpose.models.fake_quantize import FakeQuantize
+
+    assert ranges is not None
+    quantiser = FakeQuantize()
+    ranges.load_into(quantiser, _channels_of(ranges), ranges.name)
+    quantiser.load_plan(plan)
+    return quantiser
 
 
 # -- checking and copying ------------------------------------------------------------------------------------
