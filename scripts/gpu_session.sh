@@ -9,7 +9,6 @@
 #   bash scripts/gpu_session.sh precision  # fp16/bf16 vs fp32 with the real models (three processes at once)
 #   bash scripts/gpu_session.sh video      # 8 streams of the street video, det-interval 1 and 5, + baseline
 #   bash scripts/gpu_session.sh server     # model server vs models in every worker, on one host, 8 streams
-#   bash scripts/gpu_session.sh pin        # RTPOSE_PIN_FRAMES=1 vs 0 on one host (its GPU test, then rows)
 #   bash scripts/gpu_session.sh profile    # torch.profiler over TopDown.predict_batch (kernels, syncs)
 set -uo pipefail
 OUT="${OUT:-runs/gpu}"
@@ -82,28 +81,11 @@ case "${1:-}" in
     done
     grep -h '^{' "$OUT"/server_i*.log
     ;;
-  pin)
-    # RTPOSE_PIN_FRAMES (readers copy frames into pinned memory) on one host: its GPU test, then rows with
-    # and without it alternating, interval 5 then every frame, each within what is left of ~9.5 minutes.
-    start=$SECONDS
-    timeout 200 "${PYTEST[@]}" tests/video/test_multiprocess.py -k pinned_frames > "$OUT/pin_test.log" 2>&1
-    tail -n 3 "$OUT/pin_test.log"
-    args=(--device cuda --backend compiled --precision fp16 --pose rtmpose-m --pose-weights random --streams 8
-          --warmup 40 --skip quality memory --frames 1500 --workers 8 --mps on)
-    for row in "5 1" "5 0" "1 1" "1 0" "5 1" "5 0"; do
-      set -- $row
-      left=$((570 - (SECONDS - start)))
-      [ "$left" -lt 45 ] && { echo "no time left for --det-interval $1 RTPOSE_PIN_FRAMES=$2"; continue; }
-      RTPOSE_PIN_FRAMES=$2 timeout "$left" python -m rtpose.benchmarks.video_bench "${args[@]}" --det-interval "$1" \
-        --out "$OUT/pin_i$1_$2.json" > "$OUT/pin_i$1_$2_$SECONDS.log" 2>&1
-      echo "interval $1 pinned $2: $(grep -h '^{' "$OUT"/pin_i$1_$2_*.log | tail -n 1 | cut -c1-200)"
-    done
-    ;;
   profile)
     timeout 420 python scripts/profile_topdown.py --device cuda --backend compiled --precision fp16 2>&1 | tail -45
     ;;
   *)
-    echo "usage: $0 tests|diag|bench|precision|video|server|pin|profile" >&2
+    echo "usage: $0 tests|diag|bench|precision|video|server|profile" >&2
     exit 2
     ;;
 esac

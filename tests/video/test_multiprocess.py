@@ -277,26 +277,6 @@ def test_look_ahead_on_the_gpu_gives_the_results_without_it(
 
 
 @pytest.mark.gpu
-def test_pinned_frames_on_the_gpu_give_the_results_without_them(street: list, rtpose_env: dict) -> None:
-    """Readers copying frames into pinned memory (`pin_frames`): the steps upload them from there, with
-    the same records bit for bit."""
-    from rtpose.preprocess.device_batch import pinned_base
-
-    def run(pinned: bool) -> dict:
-        with Pipeline(**{**GPU_OPTIONS, "det_interval": 3}, pin_frames=pinned) as pipe:
-            store = pipe.hub.frame_store
-            assert (store is not None) == pinned
-            if store is not None:
-                frame = store(street[0])
-                assert pinned_base(frame) is not None and np.array_equal(frame, street[0])
-            pipe.add_source(street, name="a", fps=25)
-            pipe.add_source(street[::-1], name="b", fps=25)
-            return _records(pipe)
-
-    assert run(True) == run(False)
-
-
-@pytest.mark.gpu
 def test_workers_under_mps_give_the_one_process_results(street: list, rtpose_env: dict) -> None:
     """Three workers with compiled FP16 engines under the private MPS daemon, which is gone afterwards."""
     import shutil

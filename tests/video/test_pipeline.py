@@ -455,35 +455,3 @@ def test_frames_taken_ahead_and_never_run_leave_their_stream_stopped() -> None:
             if result.frame == 1:
                 pipe.stop()
     assert [(end.stream, end.reason, end.frames) for end in pipe.ended] == [("a", "stopped", 2)]
-
-
-def test_pinned_frames_are_asked_of_the_model_only_when_switched_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`pin_frames` (or RTPOSE_PIN_FRAMES=1) hands the model's `frame_store` to the readers; a model without
-    one (CPU engines) is read as before."""
-
-    class StoringModel(BlobModel):
-        def __init__(self) -> None:
-            super().__init__()
-            self.stored = 0
-
-        def frame_store(self, image: np.ndarray) -> np.ndarray:
-            self.stored += 1
-            return image.copy()
-
-    frames = [scene_frame(i) for i in range(6)]
-
-    def run(**options: object) -> tuple[list, int]:
-        model = StoringModel()
-        with Pipeline(model=model, det_interval=2, **options) as pipe:  # type: ignore[arg-type]
-            pipe.add_source(frames, name="s", fps=25)
-            return [r.to_json() for r in pipe], model.stored
-
-    monkeypatch.delenv("RTPOSE_PIN_FRAMES", raising=False)
-    plain, none_stored = run()
-    assert none_stored == 0
-    assert run(pin_frames=True) == (plain, 6)
-    monkeypatch.setenv("RTPOSE_PIN_FRAMES", "1")
-    assert run() == (plain, 6)
-    assert run(pin_frames=False) == (plain, 0)
-    with Pipeline(model=BlobModel(), pin_frames=True) as pipe:
-        assert pipe.hub.frame_store is None

@@ -237,26 +237,3 @@ def test_next_batch_without_partial_batches_takes_nothing_until_every_stream_has
         assert batch is not None and sorted(f.stream for f in batch.frames) == ["quick", "slow"]
     finally:
         hub.close()
-
-
-def test_a_frame_store_gets_every_decoded_frame_and_a_failing_one_ends_only_its_stream(
-    scene_dir: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    stored: list[np.ndarray] = []
-
-    def store(image: np.ndarray) -> np.ndarray:
-        if image.shape[1] == 16:
-            raise MemoryError("no pinned memory left")
-        stored.append(image.copy())  # the copy the consumer must get instead of the decoded frame
-        return stored[-1]
-
-    hub = StreamHub(queue_size=2, frame_store=store)
-    hub.add(scene_dir / "one_mover.mp4")
-    hub.add([np.zeros((8, 16, 3), np.uint8)] * 3, name="broken")
-    with caplog.at_level(logging.ERROR, logger="rtpose.video"):
-        frames, ended = _drain(hub)
-    assert len(frames["one_mover"]) == 40 == len(stored)
-    assert all(f.image is copy for f, copy in zip(frames["one_mover"], stored, strict=True))
-    reasons = {e.stream: (e.reason, e.error) for e in ended}
-    assert reasons["one_mover"] == ("finished", None)
-    assert reasons["broken"][0] == "failed" and "no pinned memory left" in reasons["broken"][1]

@@ -44,12 +44,7 @@ from rtpose.postprocess.detection import FixedSelection, select_detections_fixed
 from rtpose.postprocess.pose_codecs import codec_name, decode_pose
 from rtpose.preprocess import crop_triton
 from rtpose.preprocess.affine import boxes_to_affine_matrices, invert_affine_matrices, transform_points
-from rtpose.preprocess.device_batch import (
-    ImagePack,
-    crop_normalize_torch,
-    letterbox_normalize_torch,
-    pinned_base,
-)
+from rtpose.preprocess.device_batch import ImagePack, crop_normalize_torch, letterbox_normalize_torch
 from rtpose.preprocess.letterbox import letterbox_size
 from rtpose.preprocess.normalize import normalization_tensors
 
@@ -182,12 +177,10 @@ class FrameBuffer:
             staged = []
             for index in host:
                 array = np.asarray(images[index])
-                # a decoder's pinned copy (its tensor, so the allocator sees the upload), or memory
-                # registered with CUDA (a model server's shared frames)
-                source = pinned_base(array)
-                if source is None and array.flags.writeable and array.flags.c_contiguous:
-                    source = torch.from_numpy(array)
-                if source is not None and source.is_pinned():
+                source = (
+                    torch.from_numpy(array) if array.flags.writeable and array.flags.c_contiguous else None
+                )
+                if source is not None and source.is_pinned():  # e.g. a model server's registered memory
                     self.images[index].copy_(source, non_blocking=True)
                 else:
                     staged.append(index)

@@ -131,16 +131,6 @@ class TopDownFrameModel:
         """The answer of a `launch_pose` as pose rows and rows per image (`types.people_from_rows`)."""
         return self.topdown.pose_rows_launched(launched)
 
-    @property
-    def frame_store(self) -> Callable[[np.ndarray], np.ndarray] | None:
-        """Where decoded frames should lie for this model: pinned host memory for CUDA-graph steps (their
-        upload then needs no staging copy); None elsewhere."""
-        if self.topdown.graphs and str(self.topdown.device).startswith("cuda"):
-            from rtpose.preprocess.device_batch import pinned_copy
-
-            return pinned_copy
-        return None
-
     def twin(self) -> TopDownFrameModel:
         """The same models with pose steps of their own (`TopDown.twin`), for a second step in flight."""
         return TopDownFrameModel(self.topdown.twin())
@@ -357,9 +347,6 @@ class Pipeline(StreamRunner):
     detector when every frame of it needs one (the detections to pose are still chosen after the
     tracking), or its pose model when every frame of it has boxes from the last poses (known before the
     tracking). The host work then overlaps the GPU work. Results are the same either way.
-    pin_frames: the reader threads copy each decoded frame into the model's `frame_store` (pinned host
-    memory for CUDA-graph steps), so the main thread uploads it without its own staging copy. None:
-    `RTPOSE_PIN_FRAMES=1` in the environment. Off by default until measured on the GPU.
     """
 
     def __init__(
@@ -392,7 +379,6 @@ class Pipeline(StreamRunner):
         sources: Iterable[str | os.PathLike[str]] = (),
         prepare_graphs: bool = False,
         look_ahead: bool = True,
-        pin_frames: bool | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -408,13 +394,9 @@ class Pipeline(StreamRunner):
         self.model = model
         self.batch_size, self.batch_timeout = int(batch_size), float(batch_timeout)
         self.kpt_thr = kpt_thr
-        if pin_frames is None:
-            pin_frames = os.environ.get("RTPOSE_PIN_FRAMES", "0").strip() == "1"
-        store = getattr(model, "frame_store", None) if pin_frames else None
         self.hub = StreamHub(
-            queue_size=queue_size, realtime=realtime, decode=decode, reconnect=reconnect, loop=loop,
-            frame_store=store,
-        )  # fmt: skip
+            queue_size=queue_size, realtime=realtime, decode=decode, reconnect=reconnect, loop=loop
+        )
         self.ended: list[StreamEnd] = []
         self.rates: dict[str, StreamRate] = {}
         self._states: dict[str, StreamTemporalState] = {}

@@ -35,24 +35,6 @@ def to_device_async(array: np.ndarray, device: torch.device | str) -> torch.Tens
     return tensor.pin_memory().to(device, non_blocking=True)
 
 
-def pinned_copy(image: np.ndarray) -> np.ndarray:
-    """`image` copied into page-locked host memory (torch's caching host allocator), as a NumPy array
-    whose `base` is the pinned tensor: a CUDA upload then reads it where it lies, without a staging copy.
-    The copy itself runs with the GIL released (a decoder thread can make it beside the main thread)."""
-    source = torch.from_numpy(np.ascontiguousarray(image))
-    pinned = torch.empty(source.shape, dtype=source.dtype, pin_memory=True)
-    pinned.copy_(source)
-    return pinned.numpy()
-
-
-def pinned_base(array: np.ndarray) -> torch.Tensor | None:
-    """The pinned tensor a `pinned_copy` array lies in (None for other arrays)."""
-    base = array.base
-    if isinstance(base, torch.Tensor) and base.shape == array.shape and base.is_pinned():
-        return base
-    return None
-
-
 def normalize_into(
     batch: torch.Tensor,
     mean: torch.Tensor,

@@ -27,7 +27,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -135,7 +135,6 @@ class StreamHub:
         reconnect: ReconnectPolicy | None = None,
         open_timeout: float = 10.0,
         loop: bool = False,
-        frame_store: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
         if queue_size < 1:
             raise RtposeError(f"queue_size must be at least 1, not {queue_size}")
@@ -146,9 +145,6 @@ class StreamHub:
         self.open_timeout = float(open_timeout)
         #: video files start again at their end (frame indices and times go on), for demos and soak tests
         self.loop = bool(loop)
-        #: where each reader thread puts its decoded images (e.g. pinned memory for CUDA uploads), so the
-        #: copy is made beside the consumer's thread rather than in it
-        self.frame_store = frame_store
         self._streams: dict[str, _Stream] = {}
         self._cond = threading.Condition()
         self._turn = 0
@@ -300,8 +296,6 @@ class StreamHub:
                         if resume and time_s <= last_time:
                             continue
                         attempt = 0
-                        if self.frame_store is not None:
-                            image = self.frame_store(image)
                         if not self._push(stream, Frame(spec.name, index, time_s, image, time.monotonic())):
                             break
                         index, last_time = index + 1, time_s
