@@ -24,12 +24,28 @@ def test_signed_ranges_get_an_integer_zero_point() -> None:
     low, high = np.float32(-0.505859375), np.float32(0.501953125)  # the IR's input range: zero point 127.994
     plan = cpu_int8.quant_plan(256, low, high, low, high)
     assert plan.offset == -128  # code - 128, not code - 127.994
-    assert plan.scale == np.float32(1) / plan.step  # per tensor: the reciprocal of the float32 step
+    exact_scale = 255 / (np.float64(high) - low)
+    assert plan.scale == np.float32(exact_scale) and plan.shift == np.float32(-np.float64(low) * exact_scale)
     values = cpu_int8.quantise(torch.tensor([-1.0, 0.0, 0.2, 1.0]), *_tensors(plan))
     codes = values / torch.from_numpy(plan.step)
     torch.testing.assert_close(codes, torch.round(codes), rtol=0, atol=1e-4)
     assert codes[0] == -128 and codes[-1] == 127  # clamped to the range
     assert values[1] == 0.0  # zero stays exactly zero
+
+
+def test_requantisation_constants_follow_the_plugin() -> None:
+    """Rule 5: unsigned per-tensor -> float32(1 / step); run as a node of its own -> float32 throughout.
+    The variants differ in the last bit (which decides ties)."""
+    low, high = np.float32(0), np.float32(8.984375)
+    fused = cpu_int8.quant_plan(256, low, high, low, high)
+    alone = cpu_int8.quant_plan(256, low, high, low, high, fused_into_convolution=False)
+    assert fused.scale == np.float32(1) / fused.step == np.float32(28.38261)
+    assert alone.scale == np.float32(255) / high == np.float32(28.382608)
+    codes = [
+        cpu_int8.quantise(torch.tensor([2.519148]), *_tensors(plan)) / float(plan.step)
+        for plan in (fused, alone)
+    ]
+    assert [round(float(c)) for c in codes] == [72, 71]  # 71.5 rounds to even, 71.49999 down
 
 
 def test_per_channel_ranges_keep_their_own_scale() -> None:

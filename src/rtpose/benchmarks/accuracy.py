@@ -84,10 +84,12 @@ class Comparison:
 
 @dataclass
 class KeypointAgreement:
-    """Decoded keypoints of two bottom-up engines on the same canvases (people paired greedily); a keypoint
-    the reference found and the other lost counts as far."""
+    """Decoded keypoints of two engines on the same inputs: bottom-up on the same canvases (people paired
+    greedily; a keypoint the reference found and the other lost counts as far), top-down on the same
+    ground-truth boxes (person by person, in crop pixels)."""
 
     model: str
+    boxes: str
     engine: str
     reference: str
     keypoints: int
@@ -219,12 +221,12 @@ def _evaluate_quietly(pipeline: Any, ann_file: Path, images_dir: Path, boxes: st
 
 
 def keypoint_agreement(
-    model: str, recorders: dict[str, tuple[bool, Any]], input_height: int
+    model: str, boxes: str, recorders: dict[str, tuple[bool, Any]], spec: Any
 ) -> list[KeypointAgreement]:
     """Every engine against every reference engine (and the references among themselves)."""
     import numpy as np
 
-    from rtpose.benchmarks.precision_check import bottomup_distances
+    from rtpose.benchmarks.precision_check import bottomup_distances, topdown_distances
 
     rows = []
     for reference, (is_reference, recorded_reference) in recorders.items():
@@ -233,10 +235,13 @@ def keypoint_agreement(
         for engine, (_, recorded) in recorders.items():
             if engine == reference:
                 continue
-            distances = bottomup_distances(recorded_reference, recorded, input_height)
+            if boxes == "bottom-up":
+                distances = bottomup_distances(recorded_reference, recorded, int(spec.input_size[0]))
+            else:
+                distances = topdown_distances(recorded_reference, recorded, spec).ravel()
             rows.append(
                 KeypointAgreement(
-                    model, engine, reference, int(distances.size),
+                    model, boxes, engine, reference, int(distances.size),
                     round(float(np.mean(distances <= 1.0)), 4) if distances.size else float("nan"),
                     round(float(np.mean(distances <= 0.5)), 4) if distances.size else float("nan"),
                 )
@@ -353,7 +358,9 @@ def run_accuracy(
                 box_sources = [None]
             first_file = _first_file(ann_file)
             sample = _sample_input(spec, images_dir / first_file)
-            recorders: dict[str, tuple[bool, Any]] = {}
+            # box source -> engine -> (is the reference, its recorded people); ground truth and bottom-up only
+            # (detector boxes differ between runs in number and order)
+            recorders: dict[str, dict[str, tuple[bool, Any]]] = {}
             for label, is_reference, make_engine in engines:
                 engine = make_engine()
                 forward_ms = (
@@ -365,9 +372,9 @@ def run_accuracy(
                     pipeline = _pipeline(spec, engine, detector)
                     if box_source != "gt":  # warm up the detector / first-size work outside the timing
                         pipeline(decode_image(images_dir / first_file))
-                    if box_source is None:  # bottom-up: keep the people for the keypoint agreement
+                    if box_source in (None, "gt"):  # keep the people for the keypoint agreement
                         pipeline = Recorder(pipeline)
-                        recorders[label] = (is_reference, pipeline)
+                        recorders.setdefault(box_source or "bottom-up", {})[label] = (is_reference, pipeline)
                     metrics = _evaluate_quietly(pipeline, ann_file, images_dir, box_source)
                     run = AccuracyRun(
                         model, box_source or "bottom-up", label, is_reference, metrics, forward_ms
@@ -377,7 +384,8 @@ def run_accuracy(
                         f"{model:18s} {run.boxes:9s} {label:28s} AP {run.ap:5.1f}  "
                         f"{metrics['seconds']:.1f} s / {metrics['num_images']} images"
                     )
-            report.agreements += keypoint_agreement(model, recorders, int(spec.input_size[0]))
+            for box_name, recorded in recorders.items():
+                report.agreements += keypoint_agreement(model, box_name, recorded, spec)
     report.comparisons = compare(report.runs)
     report.info = _machine_info(threads, images, backend)
     return report
@@ -425,11 +433,12 @@ def format_table(report: AccuracyReport) -> str:
     if report.agreements:
         lines += [
             "",
-            f"{'model':18s} {'engine':28s} {'reference':24s} {'keypoints':>9s} {'<=1px':>7s} {'<=0.5px':>7s}",
+            f"{'model':18s} {'boxes':9s} {'engine':28s} {'reference':24s} {'keypoints':>9s} {'<=1px':>7s} "
+            f"{'<=0.5px':>7s}",
         ]
         for a in report.agreements:
             lines.append(
-                f"{a.model:18s} {a.engine:28s} {a.reference:24s} {a.keypoints:9d} "
+                f"{a.model:18s} {a.boxes:9s} {a.engine:28s} {a.reference:24s} {a.keypoints:9d} "
                 f"{100 * a.within_1px:6.1f}% {100 * a.within_half_px:6.1f}%"
             )
     return "\n".join(lines)

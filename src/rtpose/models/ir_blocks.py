@@ -109,17 +109,22 @@ class ResidualAdd(nn.Module):
         #: OpenVINO's CPU INT8 execution: which input is the convolution the add is fused into (-1: none)
         self.cpu_int8 = False
         self.fused_input = -1
-        for name in ("input_steps", "input_offsets", "input_lows"):
+        for name in ("input_steps", "input_offsets", "input_lows", "input_highs"):
             self.register_buffer(name, torch.zeros(0), persistent=False)
 
     def load_cpu_plan(
-        self, fused_input: int, steps: torch.Tensor, offsets: torch.Tensor, lows: torch.Tensor
+        self,
+        fused_input: int,
+        steps: torch.Tensor,
+        offsets: torch.Tensor,
+        lows: torch.Tensor,
+        highs: torch.Tensor,
     ) -> None:
-        """steps, offsets, lows: (2,) of the inputs' quantisation (`rtpose.models.openvino_cpu_int8`)."""
+        """(2,) each: the inputs' quantisation steps, code offsets and ranges (`models.openvino_cpu_int8`)."""
         device = self.input_steps.device
         self.fused_input = fused_input
-        self.input_steps, self.input_offsets, self.input_lows = (
-            t.float().to(device) for t in (steps, offsets, lows)
+        self.input_steps, self.input_offsets, self.input_lows, self.input_highs = (
+            t.float().to(device) for t in (steps, offsets, lows, highs)
         )
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -131,9 +136,11 @@ class ResidualAdd(nn.Module):
                 for i, x in enumerate((a, b))
             )
             return self.out_quant(a + b)
-        other = 1 - self.fused_input
-        fused, unfused = (a, b) if self.fused_input == 0 else (b, a)
-        return self.out_quant(cpu_int8.fused_add(fused, unfused, self.input_steps[other]))
+        i, other = self.fused_input, 1 - self.fused_input
+        fused = torch.clamp(
+            (a, b)[i], self.input_lows[i], self.input_highs[i]
+        )  # its FakeQuantize's crop stays
+        return self.out_quant(cpu_int8.fused_add(fused, (a, b)[other], self.input_steps[other]))
 
 
 class Concat(nn.Module):

@@ -17,8 +17,9 @@ heatmaps (18 OpenPose keypoints + background) and (N, 38, H/8, W/8) PAFs (x, y p
 The IR normalises its input inside the graph (x * 1/255 - 128/255, constants stored as f16). That
 step lives in the spec here (mean 128, std 255, BGR) so that preprocessing does it, as for every
 other model; the network takes the normalised batch. Weights: `rtpose.models.loading.openvino_ir`.
-The INT8 IR can be run as plain float or with its FakeQuantize nodes emulated
-(`set_int8_emulation(...)`); the loader's default is float, zoo loading follows `extra["int8_emulation"]`.
+The INT8 IR can be run as plain float or as OpenVINO's INT8 CPU runtime runs it (`set_int8_emulation(...)`,
+`rtpose.models.openvino_cpu_int8`); the loader's default is float, zoo loading follows
+`extra["int8_emulation"]`.
 """
 
 from __future__ import annotations
@@ -250,9 +251,9 @@ OPENPOSE_LITE = ModelSpec(
         "resize": "keep-ratio-height",
         "pad_value": 128,
         # zoo loading uses plain float weights: on our 60 COCO val images it gives the same AP as OpenVINO's
-        # float graph (dAP 0.00) and +0.41 against OpenVINO's INT8 runtime, while the FakeQuantize INT8
-        # emulation lands 1.4-1.8 AP away from every OpenVINO mode and costs ~4x the CPU time
-        # (python -m rtpose.benchmarks.accuracy, docs/benchmarks.md). Emulation: set_int8_emulation(True).
+        # float graph (dAP 0.00; 33.8 against OpenVINO int8's 33.6) at a fraction of the emulation's CPU
+        # time. set_int8_emulation(True) reproduces OpenVINO's INT8 CPU runtime (99.3% of keypoints within
+        # 1 px, AP -0.09; python -m rtpose.benchmarks.accuracy, docs/benchmarks.md).
         "int8_emulation": False,
     },
     description="Lightweight OpenPose (Open Model Zoo human-pose-estimation-0001, MobileNet-v1, 1 refinement "

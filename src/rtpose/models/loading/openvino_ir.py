@@ -386,14 +386,19 @@ def _plan_cpu_int8(
     for index, record in enumerate(records):
         for source in (record.source,) if isinstance(record, ConvRecord) else record.sources:
             readers.setdefault(source, []).append(index)
+
+    def plan_of(index: int, fused_into_convolution: bool = True) -> QuantPlan:
+        fq = record_at(index).out_fq
+        assert fq is not None
+        return quant_plan(
+            fq.levels, fq.input_low, fq.input_high, fq.output_low, fq.output_high,
+            fused_into_convolution=fused_into_convolution and not isinstance(record_at(index), AddRecord),
+        )  # fmt: skip
+
     try:
         for index in (INPUT, *range(len(records))):
-            fq = record_at(index).out_fq
-            if fq is not None:
-                plans[index] = quant_plan(
-                    fq.levels, fq.input_low, fq.input_high, fq.output_low, fq.output_high,
-                    fused_into_convolution=not isinstance(record_at(index), AddRecord),
-                )  # fmt: skip
+            if record_at(index).out_fq is not None:
+                plans[index] = plan_of(index)
         raw: set[int] = set()  # blocks whose readers quantise their output themselves
         for index, record in enumerate(records):
             if isinstance(record, ConcatRecord):
@@ -402,6 +407,8 @@ def _plan_cpu_int8(
                     return False
                 ranges = [(fq.levels, fq.input_low, fq.input_high) for fq in fqs]  # type: ignore[union-attr]
                 concat_plans_of[index] = concat_plans(ranges)
+                # the concat's plan is the source's quantisation for every reader: one u8 tensor
+                plans.update(zip(record.sources, concat_plans_of[index], strict=True))
                 raw.update(record.sources)
 
         def step_of(index: int) -> torch.Tensor:
@@ -417,10 +424,14 @@ def _plan_cpu_int8(
                 unsigned = all(np.all(plans[s].offset == 0) for s in record.sources)
                 position = int(np.argmax(record.sources)) if unsigned else -1  # the operand computed last
                 if position >= 0:
-                    conv = record.sources[position]
+                    conv, other = record.sources[position], record.sources[1 - position]
                     if not isinstance(record_at(conv), ConvRecord) or len(readers[conv]) != 1:
                         return False
                     raw.add(conv)
+                    # the other operand is read from memory by the fused add: its quantisation runs
+                    # as a node of its own when a convolution reads the tensor too
+                    if len(readers[other]) > 1:
+                        plans[other] = plan_of(other, fused_into_convolution=False)
                 adds[index] = position
         if any(not isinstance(record_at(i), ConvRecord) for i in raw):
             return False
@@ -438,7 +449,7 @@ def _plan_cpu_int8(
                     torch.tensor(
                         [float(np.asarray(getattr(plans[s], name)).reshape(-1)[0]) for s in record.sources]
                     )
-                    for name in ("step", "offset", "low")
+                    for name in ("step", "offset", "low", "high")
                 ]
                 unit.load_cpu_plan(adds[index], *fields)
             elif isinstance(record, ConcatRecord):
