@@ -5,9 +5,9 @@ activation, and the FakeQuantize that an INT8 graph puts on the block's output. 
 these blocks lists them in graph order (`IrMappable.ir_units`), which is all an importer needs: it
 walks the foreign graph, and checks and fills the blocks one by one.
 
-Convolutions and adds can also run as OpenVINO's CPU plugin runs them in INT8
-(`rtpose.models.openvino_cpu_int8`) once the importer has given them a `CpuPlan` and emulation with
-"openvino-cpu" semantics is on.
+Convolutions, adds and concats can also run as OpenVINO's CPU plugin runs them in INT8
+(`rtpose.models.openvino_cpu_int8`) once the importer has planned them (`load_cpu_plan`, `load_plan`)
+and emulation with "openvino-cpu" semantics is on.
 """
 
 from __future__ import annotations
@@ -137,9 +137,8 @@ class ResidualAdd(nn.Module):
             )
             return self.out_quant(a + b)
         i, other = self.fused_input, 1 - self.fused_input
-        fused = torch.clamp(
-            (a, b)[i], self.input_lows[i], self.input_highs[i]
-        )  # its FakeQuantize's crop stays
+        # the fused convolution's own FakeQuantize is dropped, but not its crop
+        fused = torch.clamp((a, b)[i], self.input_lows[i], self.input_highs[i])
         return self.out_quant(cpu_int8.fused_add(fused, (a, b)[other], self.input_steps[other]))
 
 

@@ -381,7 +381,6 @@ def _plan_cpu_int8(
         return input_record if index == INPUT else records[index]
 
     plans: dict[int, QuantPlan] = {}
-    concat_plans_of: dict[int, list[QuantPlan]] = {}  # concat record -> its inputs' plans (rule 4)
     readers: dict[int, list[int]] = {}
     for index, record in enumerate(records):
         for source in (record.source,) if isinstance(record, ConvRecord) else record.sources:
@@ -400,21 +399,20 @@ def _plan_cpu_int8(
             if record_at(index).out_fq is not None:
                 plans[index] = plan_of(index)
         raw: set[int] = set()  # blocks whose readers quantise their output themselves
-        for index, record in enumerate(records):
+        for record in records:
             if isinstance(record, ConcatRecord):
                 fqs = [record_at(source).out_fq for source in record.sources]
                 if any(fq is None for fq in fqs) or INPUT in record.sources:
                     return False
                 ranges = [(fq.levels, fq.input_low, fq.input_high) for fq in fqs]  # type: ignore[union-attr]
-                concat_plans_of[index] = concat_plans(ranges)
-                # the concat's plan is the source's quantisation for every reader: one u8 tensor
-                plans.update(zip(record.sources, concat_plans_of[index], strict=True))
+                # rule 4: the concat's grid is the sources' quantisation for every reader (one u8 tensor)
+                plans.update(zip(record.sources, concat_plans(ranges), strict=True))
                 raw.update(record.sources)
 
         def step_of(index: int) -> torch.Tensor:
             record = record_at(index)
-            step = concat_plans_of[index][0].step if isinstance(record, ConcatRecord) else plans[index].step
-            return torch.from_numpy(step.copy())
+            quantised = record.sources[0] if isinstance(record, ConcatRecord) else index  # one common step
+            return torch.from_numpy(plans[quantised].step.copy())
 
         adds: dict[int, int] = {}  # add record -> the position of its fused operand, -1 for none
         for index, record in enumerate(records):
@@ -454,8 +452,7 @@ def _plan_cpu_int8(
                 unit.load_cpu_plan(adds[index], *fields)
             elif isinstance(record, ConcatRecord):
                 unit.input_quants = torch.nn.ModuleList(
-                    _quantiser(record_at(s).out_fq, plan)
-                    for s, plan in zip(record.sources, concat_plans_of[index], strict=True)
+                    _quantiser(record_at(s).out_fq, plans[s]) for s in record.sources
                 )
     except (ValueError, KeyError, RuntimeError):
         return False
