@@ -156,7 +156,7 @@ def test_cuda_builds_use_our_kernel_except_for_int8_emulations(monkeypatch: pyte
     monkeypatch.setattr(depthwise, "KERNEL_AVAILABLE", True)  # as where Triton is installed
     monkeypatch.delenv("RTPOSE_DEPTHWISE", raising=False)
     cuda = torch.device("cuda", 0)
-    assert compiled.depthwise_choice(cuda) == compiled.DEPTHWISE_CUDA == "triton"
+    assert compiled.depthwise_choice(cuda) == compiled.DEPTHWISE_CUDA == "split"
     assert compiled.depthwise_choice(cuda, "int8-emulation") == "library"
     monkeypatch.setenv("RTPOSE_DEPTHWISE", "library")
     assert compiled.depthwise_choice(cuda) == "library"
@@ -166,11 +166,15 @@ def test_cuda_builds_use_our_kernel_except_for_int8_emulations(monkeypatch: pyte
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize(
+    ("choice", "precision", "batches"),
+    [("triton", "fp32", (1, 3, 4)), ("triton", "fp16", (1, 3, 4)), ("split", "fp16", (1, 16, 17, 32))],
+)
 def test_gpu_engine_with_our_depthwise_kernel_matches_eager(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, precision: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, choice: str, precision: str, batches: tuple[int, ...]
 ) -> None:
-    monkeypatch.setenv("RTPOSE_DEPTHWISE", "triton")
+    """Our kernel in an engine; "split": ours up to 16 crops and cuDNN above, in one engine."""
+    monkeypatch.setenv("RTPOSE_DEPTHWISE", choice)
     torch.manual_seed(0)
     net = DepthwiseNet().eval()
     bn = net.blocks[0].bn
@@ -178,12 +182,12 @@ def test_gpu_engine_with_our_depthwise_kernel_matches_eager(
     bn.running_var.uniform_(0.5, 2.0)
     engine = load_compiled_engine(
         net, SPEC, weights_id=weights_digest(net), device="cuda", precision=precision,  # type: ignore[arg-type]
-        max_batch=4, cache_dir=tmp_path, progress=False,
+        max_batch=batches[-1], cache_dir=tmp_path, progress=False,
     )  # fmt: skip
     sidecar = json.loads(sidecar_path(engine.path).read_text())
-    assert sidecar["fields"]["depthwise"] == "triton" and sidecar["fused_depthwise_convs"] == 3
+    assert sidecar["fields"]["depthwise"] == choice and sidecar["fused_depthwise_convs"] == 3
     eager = net.cuda()
-    for n in (1, 3, 4):
+    for n in batches:
         batch = torch.randn(n, 3, *INPUT_SIZE, device="cuda")
         with torch.no_grad():
             want = eager(batch)
@@ -192,3 +196,15 @@ def test_gpu_engine_with_our_depthwise_kernel_matches_eager(
             scale = float(w.abs().max().clamp_min(1.0))
             diff = float((got[name] - w).abs().max())
             assert diff <= (1e-3 if precision == "fp32" else 1e-2) * scale, (n, name, diff)
+
+
+def test_split_modules_keep_the_library_path_off_the_gpu() -> None:
+    """`library_above` (our kernel for small batches, cuDNN above) reaches every replaced module, and off
+    CUDA the module is the plain depthwise convolution whatever the batch."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(8, 8, 5, padding=2, groups=8), nn.Conv2d(8, 8, 1))
+    x = torch.randn(20, 8, 6, 5)
+    expected = net(x)
+    assert depthwise.fuse_depthwise_convs(net, library_above=16) == 1
+    assert net[0].library_above == 16 and "cuDNN above batch 16" in repr(net[0])
+    torch.testing.assert_close(net(x), expected, rtol=1e-5, atol=1e-5)
