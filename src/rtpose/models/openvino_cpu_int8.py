@@ -180,5 +180,5 @@ def exact_values(
 
 
 def fused_add(conv_output: torch.Tensor, other: torch.Tensor, other_step: torch.Tensor) -> torch.Tensor:
-    """Rule 3: fma(code_other, step_other, conv_output), rounded once (float64 holds it exactly)."""
-    return (codes(other, other_step).double() * other_step.double() + conv_output.double()).float()
+    """Rule 3: fma(code_other, step_other, conv_output), rounded once."""
+    return _fma(codes(other, other_step), other_step, conv_output)
