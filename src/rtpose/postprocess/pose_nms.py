@@ -159,6 +159,11 @@ def oks_nms(
 
     full = overlaps(slice(None), slice(None)) if 1 < len(scores) <= _FULL_MATRIX_MAX else None
     order = np.argsort(scores, kind="stable")[::-1]
+    if full is not None:
+        suppresses = full > thr
+        np.fill_diagonal(suppresses, False)
+        if not suppresses.any():  # no pair overlaps: every pose is kept (most video frames)
+            return order.astype(np.int64)
     keep: list[int] = []
     while len(order) > 0:
         best, rest = int(order[0]), order[1:]

@@ -68,8 +68,11 @@ class TrackerConfig:
 
 @dataclass
 class Track:
+    """A snapshot of one track (`ByteTracker.tracks`); the tracker itself keeps its tracks as arrays."""
+
     track_id: int
     mean: np.ndarray
+    #: (4, 3) per box coordinate: var(position), cov(position, velocity), var(velocity)
     covariance: np.ndarray
     person: Person
     state: TrackState
@@ -108,20 +111,49 @@ class UsableDetections:
         return usable
 
 
+_STATES = (TrackState.TENTATIVE, TrackState.TRACKED, TrackState.LOST)
+_TENTATIVE, _TRACKED, _LOST = range(3)  # codes of `_STATES` in the tracker's state array
+
+
 class ByteTracker:
-    """Assigns stable `track_id`s to the people of consecutive frames of one stream."""
+    """Assigns stable `track_id`s to the people of consecutive frames of one stream.
+
+    The tracks live in parallel arrays (ids, states, Kalman means and covariance blocks, shifts, frame
+    counters; one row per track, oldest first) plus the list of each track's last person: a frame is a
+    few dozen array operations whatever the number of people, where track objects cost a conversion to
+    arrays and back at every step (this runs on a video worker's main thread, once per frame).
+    """
 
     def __init__(self, config: TrackerConfig | None = None) -> None:
         self.config = config or TrackerConfig()
         self.kalman = BoxKalmanFilter()
-        self.tracks: list[Track] = []
-        self.frame_index = -1
-        self._next_id = 1
+        self.reset()
 
     def reset(self) -> None:
-        self.tracks.clear()
         self.frame_index = -1
         self._next_id = 1
+        self._ids = np.zeros(0, np.int64)
+        self._states = np.zeros(0, np.int8)
+        self._means = np.zeros((0, 8))
+        self._covariances = np.zeros((0, 4, 3))
+        self._shifts = np.zeros((0, 2))
+        self._start_frames = np.zeros(0, np.int64)
+        self._last_frames = np.zeros(0, np.int64)
+        self._hits = np.zeros(0, np.int64)
+        self._people: list[Person] = []
+
+    @property
+    def tracks(self) -> list[Track]:
+        """Every track (tentative, tracked and lost), oldest first, as snapshots."""
+        return [self._snapshot(i) for i in range(len(self._ids))]
+
+    def _snapshot(self, row: int) -> Track:
+        return Track(
+            track_id=int(self._ids[row]), mean=self._means[row].copy(),
+            covariance=self._covariances[row].copy(), person=self._people[row],
+            state=_STATES[self._states[row]], start_frame=int(self._start_frames[row]),
+            last_frame=int(self._last_frames[row]), hits=int(self._hits[row]), shift=self._shifts[row].copy(),
+        )  # fmt: skip
 
     # -- one frame --------------------------------------------------------------------------------
     def update(self, people: list[Person]) -> list[Person]:
@@ -129,48 +161,58 @@ class ByteTracker:
         cfg = self.config
         self.frame_index += 1
         self._predict()
-        scores = np.array([p.score for p in people], dtype=np.float64)
-        high = [i for i in range(len(people)) if scores[i] >= cfg.high_thr]
-        low = [i for i in range(len(people)) if cfg.low_thr <= scores[i] < cfg.high_thr]
-        # person index -> its track; every matched track is corrected at the end of the frame, all at once
-        # (no track is matched twice, and the matching of one stage never looks at another's tracks)
-        assigned: dict[int, Track] = {}
+        scores = np.fromiter((p.score for p in people), np.float64, len(people))
+        boxes = np.array([p.bbox for p in people], dtype=np.float64).reshape(-1, 4)
+        is_high = scores >= cfg.high_thr
+        high, low = np.flatnonzero(is_high), np.flatnonzero((scores >= cfg.low_thr) & ~is_high)
+        track_boxes = xyah_to_xyxy(self._means[:, :4])
+        states = self._states
+
+        def associate(tracks: np.ndarray, indices: np.ndarray, max_cost: float, oks_weight: float = 0.0):
+            if len(tracks) == 0 or len(indices) == 0:
+                return np.zeros((0, 2), np.int64), tracks, indices
+            similarity = iou_matrix(track_boxes[tracks], boxes[indices])
+            if oks_weight > 0.0:
+                self._fuse_oks(similarity, tracks, [people[i] for i in indices], boxes[indices], oks_weight)
+            matches, free_rows, free_cols = linear_assignment(1.0 - similarity, max_cost)
+            return (
+                np.stack([tracks[matches[:, 0]], indices[matches[:, 1]]], axis=1),
+                tracks[free_rows],
+                indices[free_cols],
+            )
 
         # 1) high-score people vs tracked + lost tracks (IoU, optionally fused with OKS)
-        pool = [t for t in self.tracks if t.state in (TrackState.TRACKED, TrackState.LOST)]
-        matched, rest_tracks, rest_high = self._associate(pool, people, high, cfg.match_cost, cfg.oks_weight)
-        for track, index in matched:
-            assigned[index] = track
-        # 2) low-score people keep still-tracked tracks alive (IoU only: their poses are unreliable)
-        still_tracked = [t for t in rest_tracks if t.state == TrackState.TRACKED]
-        matched, unmatched_tracks, _ = self._associate(still_tracked, people, low, cfg.low_match_cost, 0.0)
-        for track, index in matched:
-            assigned[index] = track
-        for track in unmatched_tracks:
-            track.state = TrackState.LOST
-        # 3) tentative tracks (seen once) vs remaining high-score people
-        tentative = [t for t in self.tracks if t.state == TrackState.TENTATIVE]
-        matched, dead, rest_high = self._associate(
-            tentative, people, rest_high, cfg.tentative_match_cost, 0.0
+        matched, rest_tracks, rest_high = associate(
+            np.flatnonzero(states != _TENTATIVE), high, cfg.match_cost, cfg.oks_weight
         )
-        for track, index in matched:
-            track.track_id = self._take_id()
-            assigned[index] = track
-        removed = {id(t) for t in dead}
-        self._correct([(track, people[index]) for index, track in assigned.items()])
+        # 2) low-score people keep still-tracked tracks alive (IoU only: their poses are unreliable)
+        still_tracked = rest_tracks[states[rest_tracks] == _TRACKED]
+        matched_low, unmatched_tracks, _ = associate(still_tracked, low, cfg.low_match_cost)
+        states[unmatched_tracks] = _LOST
+        # 3) tentative tracks (seen once) vs remaining high-score people; the matched ones get ids
+        matched_new, dead, rest_high = associate(
+            np.flatnonzero(states == _TENTATIVE), rest_high, cfg.tentative_match_cost
+        )
+        self._ids[matched_new[:, 0]] = self._take_ids(len(matched_new))
+        # every matched track is corrected at once (no track is matched twice, and the matching of one
+        # stage never looks at another's tracks)
+        pairs = np.concatenate([matched, matched_low, matched_new])
+        self._correct(pairs[:, 0], pairs[:, 1], boxes, people)
+        reported = dict(zip(pairs[:, 1].tolist(), self._ids[pairs[:, 0]].tolist(), strict=True))
+        # 5) forget dead tentative tracks and tracks lost for too long (before 4 appends new rows)
+        forget = (states == _LOST) & (self.frame_index - self._last_frames > cfg.track_buffer)
+        forget[dead] = True
+        if forget.any():
+            self._keep_rows(~forget)
         # 4) new tracks
-        for index in rest_high:
-            if scores[index] >= cfg.new_track_thr:
-                assigned_track = self._start(people[index])
-                if assigned_track.state == TrackState.TRACKED:
-                    assigned[index] = assigned_track
-        # 5) forget tracks lost for too long
-        self.tracks = [
-            t for t in self.tracks
-            if id(t) not in removed
-            and not (t.state == TrackState.LOST and self.frame_index - t.last_frame > cfg.track_buffer)
-        ]  # fmt: skip
-        return [with_track_id(people[i], assigned[i].track_id) for i in sorted(assigned)]
+        fresh = rest_high[scores[rest_high] >= cfg.new_track_thr]
+        if len(fresh):
+            first_frame = self.frame_index == 0
+            ids = self._take_ids(len(fresh)) if first_frame else np.zeros(len(fresh), np.int64)
+            self._start(fresh, boxes, people, ids, _TRACKED if first_frame else _TENTATIVE)
+            if first_frame:
+                reported.update(zip(fresh.tolist(), ids.tolist(), strict=True))
+        return [with_track_id(people[i], reported[i]) for i in sorted(reported)]
 
     def usable(self, boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:
         """Which detections of the next frame `update` can use, as a boolean mask (see `UsableDetections`).
@@ -181,125 +223,121 @@ class ByteTracker:
         """`usable` as a value taken now, for the next frame: it can be applied later or in another
         process (the video pipeline's model server) and gives the same mask."""
         cfg = self.config
-        tracked = [t for t in self.tracks if t.state == TrackState.TRACKED]
-        if tracked:
-            predicted = np.array([t.mean for t in tracked]) @ self.kalman.transition.T  # as `_predict` does
-            boxes = xyah_to_xyxy(predicted[:, :4])
-        else:
-            boxes = np.zeros((0, 4))
-        return UsableDetections(boxes, cfg.high_thr, cfg.low_thr, cfg.low_match_cost)
+        predicted = self.kalman.predict_means(self._means[self._states == _TRACKED])  # as `_predict` does
+        return UsableDetections(xyah_to_xyxy(predicted[:, :4]), cfg.high_thr, cfg.low_thr, cfg.low_match_cost)
 
     # -- internals --------------------------------------------------------------------------------
-    def _take_id(self) -> int:
-        self._next_id += 1
-        return self._next_id - 1
+    def _take_ids(self, count: int) -> np.ndarray:
+        ids = np.arange(self._next_id, self._next_id + count, dtype=np.int64)
+        self._next_id += count
+        return ids
 
     def _predict(self) -> None:
-        if not self.tracks:
+        if len(self._ids) == 0:
             return
-        means = np.array([t.mean for t in self.tracks])
-        covariances = np.array([t.covariance for t in self.tracks])
+        means = self._means
+        means[self._states != _TRACKED, 7] = 0.0  # a lost box keeps its size
         old_xy = means[:, :2].copy()
-        means[[t.state != TrackState.TRACKED for t in self.tracks], 7] = 0.0  # a lost box keeps its size
-        lost = np.array([[float(t.state == TrackState.LOST)] for t in self.tracks])
-        shifts = np.array([t.shift for t in self.tracks])
-        new_means, new_covariances = self.kalman.predict_many(means, covariances)
+        self._means, self._covariances = self.kalman.predict_many(means, self._covariances)
         # a lost track's pose stays where it was last seen: its shift accumulates over the frames
-        new_shifts = new_means[:, :2] - old_xy + shifts * lost
-        for track, mean, covariance, shift in zip(
-            self.tracks, new_means, new_covariances, new_shifts, strict=True
-        ):
-            track.mean, track.covariance, track.shift = mean, covariance, shift
+        lost = (self._states == _LOST)[:, None]
+        self._shifts = self._means[:, :2] - old_xy + self._shifts * lost
 
-    def _similarity(self, tracks: list[Track], people: list[Person], oks_weight: float) -> np.ndarray:
-        track_boxes = xyah_to_xyxy(np.array([t.mean[:4] for t in tracks]))
-        person_boxes = np.array([p.bbox for p in people], dtype=np.float64).reshape(-1, 4)
-        similarity = iou_matrix(track_boxes, person_boxes)
-        if oks_weight <= 0.0:
-            return similarity
-        if self._oks_fused(similarity, tracks, people, person_boxes, oks_weight):
-            return similarity
-        for row, track in enumerate(tracks):
-            if track.person.keypoints is None:
+    def _fuse_oks(
+        self, similarity: np.ndarray, tracks: np.ndarray, people: list[Person], person_boxes: np.ndarray,
+        weight: float,
+    ) -> None:  # fmt: skip
+        """Fuse OKS between each track's last pose (moved by its predicted shift) and each new pose into
+        `similarity` in place; one matrix when all poses share one shape, else pair by pair. Both sides
+        are normalised by the new person's box area."""
+        moved = [
+            None if self._people[t].keypoints is None
+            else np.asarray(self._people[t].keypoints, dtype=np.float64) + self._shifts[t]
+            for t in tracks
+        ]  # fmt: skip
+        if self._oks_fused(similarity, moved, people, person_boxes, weight):
+            return
+        for row, track_keypoints in enumerate(moved):
+            if track_keypoints is None:
                 continue
-            moved = np.asarray(track.person.keypoints, dtype=np.float64) + track.shift
             for col, person in enumerate(people):
-                if person.keypoints is None or len(person.keypoints) != len(moved):
+                if person.keypoints is None or len(person.keypoints) != len(track_keypoints):
                     continue
                 box = person_boxes[col]
                 area = max((box[2] - box[0]) * (box[3] - box[1]), 1.0)
-                oks = float(oks_iou(moved, np.asarray(person.keypoints)[None], area, np.array([area]))[0])
-                similarity[row, col] = (1 - oks_weight) * similarity[row, col] + oks_weight * oks
-        return similarity
+                oks = float(
+                    oks_iou(track_keypoints, np.asarray(person.keypoints)[None], area, np.array([area]))[0]
+                )
+                similarity[row, col] = (1 - weight) * similarity[row, col] + weight * oks
 
     @staticmethod
     def _oks_fused(
         similarity: np.ndarray,
-        tracks: list[Track],
+        moved: list[np.ndarray | None],
         people: list[Person],
         person_boxes: np.ndarray,
         weight: float,
     ) -> bool:
         """Fuse OKS into `similarity` in place as one matrix when all poses share one shape; False if not.
 
-        Same numbers as the pair-by-pair loop: both sides are normalised by the new person's box area.
+        Same numbers as the pair-by-pair loop of `_fuse_oks`.
         """
-        rows = [r for r, t in enumerate(tracks) if t.person.keypoints is not None]
+        rows = [r for r, m in enumerate(moved) if m is not None]
         cols = [c for c, p in enumerate(people) if p.keypoints is not None]
         if not rows or not cols:
             return True
-        moved = [np.asarray(tracks[r].person.keypoints, dtype=np.float64) + tracks[r].shift for r in rows]
+        track_keypoints = [moved[r] for r in rows]
         current = [np.asarray(people[c].keypoints) for c in cols]
-        shape = moved[0].shape
-        if len(shape) != 2 or any(m.shape != shape for m in moved) or any(k.shape != shape for k in current):
+        shape = np.shape(track_keypoints[0])
+        if (
+            len(shape) != 2
+            or any(np.shape(m) != shape for m in track_keypoints)
+            or any(k.shape != shape for k in current)
+        ):
             return False
         boxes = person_boxes[cols]
         areas = np.maximum((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1.0)
-        oks = oks_matrix(np.array(moved), np.array(current), areas[None, :], areas)
+        oks = oks_matrix(np.array(track_keypoints), np.array(current), areas[None, :], areas)
         block = np.ix_(rows, cols)
         similarity[block] = (1 - weight) * similarity[block] + weight * oks
         return True
 
-    def _associate(
-        self,
-        tracks: list[Track],
-        people: list[Person],
-        indices: list[int],
-        max_cost: float,
-        oks_weight: float,
-    ) -> tuple[list[tuple[Track, int]], list[Track], list[int]]:
-        """(matched (track, person index) pairs, unmatched tracks, unmatched person indices)."""
-        if not tracks or not indices:
-            return [], list(tracks), list(indices)
-        cost = 1.0 - self._similarity(tracks, [people[i] for i in indices], oks_weight)
-        matches, free_rows, free_cols = linear_assignment(cost, max_cost)
-        pairs = [(tracks[r], indices[c]) for r, c in matches]
-        return pairs, [tracks[r] for r in free_rows], [indices[c] for c in free_cols]
-
-    def _correct(self, pairs: list[tuple[Track, Person]]) -> None:
-        """Kalman-correct each track with its person's box (one batched update) and mark it tracked."""
-        if not pairs:
+    def _correct(
+        self, tracks: np.ndarray, indices: np.ndarray, boxes: np.ndarray, people: list[Person]
+    ) -> None:
+        """Kalman-correct each matched track with its person's box (one batched update), mark it tracked."""
+        if len(tracks) == 0:
             return
-        means, covariances = self.kalman.update_many(
-            np.array([t.mean for t, _ in pairs]),
-            np.array([t.covariance for t, _ in pairs]),
-            xyxy_to_xyah(np.array([p.bbox for _, p in pairs])),
+        self._means[tracks], self._covariances[tracks] = self.kalman.update_many(
+            self._means[tracks], self._covariances[tracks], xyxy_to_xyah(boxes[indices])
         )
-        for (track, person), mean, covariance in zip(pairs, means, covariances, strict=True):
-            track.mean, track.covariance = mean, covariance
-            track.person = person
-            track.state = TrackState.TRACKED
-            track.last_frame = self.frame_index
-            track.hits += 1
-            track.shift = np.zeros(2)
+        self._states[tracks] = _TRACKED
+        self._last_frames[tracks] = self.frame_index
+        self._hits[tracks] += 1
+        self._shifts[tracks] = 0.0
+        for track, index in zip(tracks.tolist(), indices.tolist(), strict=True):
+            self._people[track] = people[index]
 
-    def _start(self, person: Person) -> Track:
-        mean, covariance = self.kalman.initiate(xyxy_to_xyah(np.asarray(person.bbox)))
-        first_frame = self.frame_index == 0
-        track = Track(
-            track_id=self._take_id() if first_frame else 0, mean=mean, covariance=covariance, person=person,
-            state=TrackState.TRACKED if first_frame else TrackState.TENTATIVE,
-            start_frame=self.frame_index, last_frame=self.frame_index,
-        )  # fmt: skip
-        self.tracks.append(track)
-        return track
+    def _start(
+        self, indices: np.ndarray, boxes: np.ndarray, people: list[Person], ids: np.ndarray, state: int
+    ) -> None:
+        """New tracks (rows appended at the end) for these people."""
+        means, covariances = self.kalman.initiate_many(xyxy_to_xyah(boxes[indices]))
+        count = len(indices)
+        frames = np.full(count, self.frame_index, np.int64)
+        self._ids = np.concatenate([self._ids, ids])
+        self._states = np.concatenate([self._states, np.full(count, state, np.int8)])
+        self._means = np.concatenate([self._means, means])
+        self._covariances = np.concatenate([self._covariances, covariances])
+        self._shifts = np.concatenate([self._shifts, np.zeros((count, 2))])
+        self._start_frames = np.concatenate([self._start_frames, frames])
+        self._last_frames = np.concatenate([self._last_frames, frames])
+        self._hits = np.concatenate([self._hits, np.ones(count, np.int64)])
+        self._people.extend(people[i] for i in indices.tolist())
+
+    def _keep_rows(self, keep: np.ndarray) -> None:
+        self._ids, self._states, self._means = self._ids[keep], self._states[keep], self._means[keep]
+        self._covariances, self._shifts = self._covariances[keep], self._shifts[keep]
+        self._start_frames, self._last_frames = self._start_frames[keep], self._last_frames[keep]
+        self._hits = self._hits[keep]
+        self._people = [p for p, k in zip(self._people, keep.tolist(), strict=True) if k]

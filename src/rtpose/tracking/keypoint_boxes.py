@@ -64,11 +64,10 @@ def boxes_from_keypoints(
         centre = (low + high) / 2
         half = np.maximum((high - low) * padding, min_size) / 2
         boxes = np.concatenate([centre - half, centre + half], axis=1)
-    if image_size is not None:
-        height, width = image_size
-        boxes = np.clip(boxes, 0, [width, height, width, height])
-        with np.errstate(invalid="ignore"):
-            valid &= ~((boxes[:, 2] - boxes[:, 0] < 1) | (boxes[:, 3] - boxes[:, 1] < 1))
+        if image_size is not None:
+            height, width = image_size
+            boxes = np.minimum(np.maximum(boxes, 0.0), np.array([width, height, width, height], np.float64))
+            valid &= (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
     return boxes.astype(np.float32), valid
 
 
@@ -90,12 +89,14 @@ def boxes_from_people(
     )
     if uniform and len(shape) == 2 and shape[1] == 2:
         all_boxes, valid = boxes_from_keypoints(
-            np.array([p.keypoints for p in posed]), np.array([np.ravel(p.keypoint_scores) for p in posed]),
+            np.array([p.keypoints for p in posed]),
+            np.array([np.ravel(p.keypoint_scores) for p in posed]),
             kpt_thr=kpt_thr, padding=padding, min_keypoints=min_keypoints, image_size=image_size,
         )  # fmt: skip
-        chosen = np.flatnonzero(valid)
-        sources = [posed[i] for i in chosen]
-        boxes = list(all_boxes[chosen])
+        sources = [p for p, v in zip(posed, valid.tolist(), strict=True) if v]
+        if not sources:
+            return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), []
+        return all_boxes[valid], np.array([float(p.score) for p in sources], np.float32), sources
     else:  # mixed keypoint layouts, or poses without keypoint scores: one at a time
         boxes, sources = [], []
         for person in posed:

@@ -24,11 +24,16 @@ def iou_matrix(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
     """IoU of every box in `boxes_a` (N, 4) with every box in `boxes_b` (M, 4), x1y1x2y2 -> (N, M)."""
     a = np.asarray(boxes_a, dtype=np.float64).reshape(-1, 4)
     b = np.asarray(boxes_b, dtype=np.float64).reshape(-1, 4)
-    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
-    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(bottom_right - top_left, 0.0, None).prod(axis=2)
-    area_a = np.clip(a[:, 2:] - a[:, :2], 0.0, None).prod(axis=1)
-    area_b = np.clip(b[:, 2:] - b[:, :2], 0.0, None).prod(axis=1)
+    # np.maximum(x, 0) rather than np.clip: the same numbers, at a fraction of the call overhead
+    width = np.maximum(
+        np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0.0
+    )
+    height = np.maximum(
+        np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0.0
+    )
+    inter = width * height
+    area_a = np.maximum(a[:, 2] - a[:, 0], 0.0) * np.maximum(a[:, 3] - a[:, 1], 0.0)
+    area_b = np.maximum(b[:, 2] - b[:, 0], 0.0) * np.maximum(b[:, 3] - b[:, 1], 0.0)
     union = area_a[:, None] + area_b[None, :] - inter
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
@@ -48,16 +53,12 @@ def linear_assignment(cost: np.ndarray, max_cost: float) -> tuple[np.ndarray, np
         return np.zeros((0, 2), np.int64), np.arange(n, dtype=np.int64), np.arange(m, dtype=np.int64)
     allowed = np.isfinite(cost) & (cost <= max_cost)
     padded = np.full((n, m + n), _FORBIDDEN)
-    padded[:, :m] = np.where(allowed, cost, _FORBIDDEN)
-    padded[np.arange(n), m + np.arange(n)] = max_cost  # each row's own "unmatched" option
-    col_of_row = np.empty(n, dtype=np.int64)
-    assigned_rows, assigned_cols = linear_sum_assignment(padded)
-    col_of_row[assigned_rows] = assigned_cols  # every row gets a column: there are m + n of them
-    rows = np.flatnonzero(col_of_row < m)
-    rows = rows[allowed[rows, col_of_row[rows]]]
-    matches = np.empty((len(rows), 2), np.int64)
-    matches[:, 0], matches[:, 1] = rows, col_of_row[rows]
-    free_rows, free_cols = np.ones(n, bool), np.ones(m, bool)
-    free_rows[matches[:, 0]] = False
+    np.copyto(padded[:, :m], cost, where=allowed)
+    padded.flat[m :: m + n + 1] = max_cost  # each row's own "unmatched" option, (i, m + i)
+    rows, cols = linear_sum_assignment(padded)  # every row gets a column: there are m + n of them
+    paired = cols < m
+    paired[paired] = allowed[rows[paired], cols[paired]]
+    matches = np.stack([rows[paired], cols[paired]], axis=1).astype(np.int64, copy=False)
+    free_cols = np.ones(m, bool)
     free_cols[matches[:, 1]] = False
-    return matches, np.flatnonzero(free_rows).astype(np.int64), np.flatnonzero(free_cols).astype(np.int64)
+    return matches, rows[~paired].astype(np.int64, copy=False), np.flatnonzero(free_cols).astype(np.int64)

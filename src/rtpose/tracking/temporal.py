@@ -75,18 +75,26 @@ def mean_keypoint_scores(people: list[Person]) -> list[float]:
     return np.array(arrays).mean(axis=1).tolist()
 
 
-def pose_nms(people: list[Person], thr: float) -> list[Person]:
-    """People kept by greedy OKS-NMS (pose score = box score x mean keypoint score), in input order."""
-    with_pose = [p for p in people if p.keypoints is not None]
-    if len(with_pose) < 2:
+def pose_nms(people: list[Person], thr: float, keypoint_means: list[float] | None = None) -> list[Person]:
+    """People kept by greedy OKS-NMS (pose score = box score x mean keypoint score), in input order.
+
+    keypoint_means: `mean_keypoint_scores(people)` where the caller has it already."""
+    posed = [i for i, p in enumerate(people) if p.keypoints is not None]
+    if len(posed) < 2:
         return people
-    keypoints = np.array([p.keypoints for p in with_pose], dtype=np.float64)
-    boxes = np.array([p.bbox for p in with_pose], dtype=np.float64)
-    areas = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
-    scores = np.array([p.score * m for p, m in zip(with_pose, mean_keypoint_scores(with_pose), strict=True)])
-    keep = set(oks_nms(keypoints, None, scores, areas, thr=thr).tolist())
-    kept_ids = {id(with_pose[i]) for i in keep}
-    return [p for p in people if p.keypoints is None or id(p) in kept_ids]
+    if keypoint_means is None:
+        keypoint_means = mean_keypoint_scores([people[i] for i in posed])
+    else:
+        keypoint_means = [keypoint_means[i] for i in posed]
+    keypoints = np.array([people[i].keypoints for i in posed], dtype=np.float64)
+    boxes = np.array([people[i].bbox for i in posed], dtype=np.float64)
+    areas = np.maximum(boxes[:, 2] - boxes[:, 0], 0.0) * np.maximum(boxes[:, 3] - boxes[:, 1], 0.0)
+    scores = np.array([people[i].score * m for i, m in zip(posed, keypoint_means, strict=True)])
+    kept = oks_nms(keypoints, None, scores, areas, thr=thr)
+    if len(kept) == len(posed):
+        return people
+    dropped = set(posed) - {posed[k] for k in kept.tolist()}
+    return [p for i, p in enumerate(people) if i not in dropped]
 
 
 @dataclass(frozen=True)
@@ -145,11 +153,13 @@ class StreamTemporalState:
         cfg = self.config
         self.frames_seen += 1
         self.detections_run += int(detected)
+        means = mean_keypoint_scores(people) if people else []
         if not detected:
-            means = mean_keypoint_scores(people)
-            people = [p for p, m in zip(people, means, strict=True) if m >= cfg.min_pose_score]
+            kept = [i for i, m in enumerate(means) if m >= cfg.min_pose_score]
+            if len(kept) < len(people):
+                people, means = [people[i] for i in kept], [means[i] for i in kept]
         if cfg.nms_thr is not None:
-            people = pose_nms(people, cfg.nms_thr)
+            people = pose_nms(people, cfg.nms_thr, means)
         # Every surviving pose is followed into the next frame, also those the tracker has not confirmed
         # yet (a person seen once must be seen again to get an id); unsmoothed, so boxes follow the
         # measurements.
