@@ -24,7 +24,7 @@ from enum import Enum
 import numpy as np
 
 from rtpose.errors import RtposeError
-from rtpose.postprocess.pose_nms import oks_iou, oks_matrix
+from rtpose.postprocess.pose_nms import COCO_SIGMAS, oks_matrix
 from rtpose.tracking.kalman import BoxKalmanFilter, xyah_to_xyxy, xyxy_to_xyah
 from rtpose.tracking.matching import iou_matrix, linear_assignment
 from rtpose.tracking.people import with_track_id
@@ -113,6 +113,10 @@ class UsableDetections:
 
 _STATES = (TrackState.TENTATIVE, TrackState.TRACKED, TrackState.LOST)
 _TENTATIVE, _TRACKED, _LOST = range(3)  # codes of `_STATES` in the tracker's state array
+
+
+def _is_coco_pose(keypoints: np.ndarray | None) -> bool:
+    return keypoints is not None and np.shape(keypoints) == (len(COCO_SIGMAS), 2)
 
 
 class ByteTracker:
@@ -248,59 +252,19 @@ class ByteTracker:
         weight: float,
     ) -> None:  # fmt: skip
         """Fuse OKS between each track's last pose (moved by its predicted shift) and each new pose into
-        `similarity` in place; one matrix when all poses share one shape, else pair by pair. Both sides
-        are normalised by the new person's box area."""
-        moved = [
-            None if self._people[t].keypoints is None
-            else np.asarray(self._people[t].keypoints, dtype=np.float64) + self._shifts[t]
-            for t in tracks
-        ]  # fmt: skip
-        if self._oks_fused(similarity, moved, people, person_boxes, weight):
-            return
-        for row, track_keypoints in enumerate(moved):
-            if track_keypoints is None:
-                continue
-            for col, person in enumerate(people):
-                if person.keypoints is None or len(person.keypoints) != len(track_keypoints):
-                    continue
-                box = person_boxes[col]
-                area = max((box[2] - box[0]) * (box[3] - box[1]), 1.0)
-                oks = float(
-                    oks_iou(track_keypoints, np.asarray(person.keypoints)[None], area, np.array([area]))[0]
-                )
-                similarity[row, col] = (1 - weight) * similarity[row, col] + weight * oks
-
-    @staticmethod
-    def _oks_fused(
-        similarity: np.ndarray,
-        moved: list[np.ndarray | None],
-        people: list[Person],
-        person_boxes: np.ndarray,
-        weight: float,
-    ) -> bool:
-        """Fuse OKS into `similarity` in place as one matrix when all poses share one shape; False if not.
-
-        Same numbers as the pair-by-pair loop of `_fuse_oks`.
-        """
-        rows = [r for r, m in enumerate(moved) if m is not None]
-        cols = [c for c, p in enumerate(people) if p.keypoints is not None]
+        `similarity` in place, both sides normalised by the new person's box area. Only COCO poses have
+        the per-keypoint sigmas OKS needs: pairs with another layout (or no keypoints) keep their IoU."""
+        rows = [r for r, t in enumerate(tracks.tolist()) if _is_coco_pose(self._people[t].keypoints)]
+        cols = [c for c, p in enumerate(people) if _is_coco_pose(p.keypoints)]
         if not rows or not cols:
-            return True
-        track_keypoints = [moved[r] for r in rows]
-        current = [np.asarray(people[c].keypoints) for c in cols]
-        shape = np.shape(track_keypoints[0])
-        if (
-            len(shape) != 2
-            or any(np.shape(m) != shape for m in track_keypoints)
-            or any(k.shape != shape for k in current)
-        ):
-            return False
+            return
+        moved = np.array([self._people[tracks[r]].keypoints for r in rows], dtype=np.float64)
+        moved += self._shifts[tracks[rows]][:, None, :]
         boxes = person_boxes[cols]
         areas = np.maximum((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1.0)
-        oks = oks_matrix(np.array(track_keypoints), np.array(current), areas[None, :], areas)
+        oks = oks_matrix(moved, np.array([people[c].keypoints for c in cols]), areas[None, :], areas)
         block = np.ix_(rows, cols)
         similarity[block] = (1 - weight) * similarity[block] + weight * oks
-        return True
 
     def _correct(
         self, tracks: np.ndarray, indices: np.ndarray, boxes: np.ndarray, people: list[Person]
