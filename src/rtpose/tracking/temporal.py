@@ -153,8 +153,9 @@ class StreamTemporalState:
         cfg = self.config
         self.frames_seen += 1
         self.detections_run += int(detected)
-        means = mean_keypoint_scores(people) if people else []
+        means = None  # mean keypoint scores, shared with pose NMS where already computed
         if not detected:
+            means = mean_keypoint_scores(people)
             kept = [i for i, m in enumerate(means) if m >= cfg.min_pose_score]
             if len(kept) < len(people):
                 people, means = [people[i] for i in kept], [means[i] for i in kept]
